@@ -1,5 +1,9 @@
 """minirlhf: the RLHF pipeline in plain NumPy, small enough to read and run on a laptop."""
 
-# --- tokenizers and the one batch encoding (issues 3, 4)
-from minirlhf.tokenizer import CharTokenizer, WordTokenizer, load_tokenizer  # noqa: E402
-from minirlhf.data import collate, encode_pair, encode_prompt  # noqa: E402
+# --- tokenizers, the one batch encoding, and the toy world (issues 3, 4)
+from minirlhf.tokenizer import CharTokenizer, WordTokenizer, load_tokenizer
+from minirlhf.data import collate, encode_pair, encode_prompt
+from minirlhf.tasks import Task, get_task
+from minirlhf.annotators import MARGIN_TABLE, Annotator, collect_comparisons
+from minirlhf.metrics import (agreement, bleu, distinct_n, evaluate, kl_estimates, rouge_l, rouge_n,
+                              win_rate)
