@@ -1,5 +1,10 @@
 """minirlhf: the RLHF pipeline in plain NumPy, small enough to read and run on a laptop."""
 
+# --- the engine, the GPT, generation and log-probs (issues 2, 3)
+from minirlhf.autograd import Tensor, no_grad
+from minirlhf.model import GPT, GPTConfig, ScalarHeadModel
+from minirlhf.sampling import ModelPolicy, Rollout, generate, sequence_logprobs
+
 # --- tokenizers, the one batch encoding, and the toy world (issues 3, 4)
 from minirlhf.tokenizer import CharTokenizer, WordTokenizer, load_tokenizer
 from minirlhf.data import collate, encode_pair, encode_prompt

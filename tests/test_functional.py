@@ -1,0 +1,200 @@
+"""Fused functions: finite differences (float64), agreement with the plain composition of
+primitives they replace (value and gradient), stability at |x| = 1e4 in float32, dtypes."""
+import math
+
+import numpy as np
+import pytest
+
+from minirlhf import functional as F
+from minirlhf.autograd import Tensor, where
+from minirlhf.gradcheck import gradcheck
+
+
+def weights(shape):
+    return np.cos(1.0 + np.arange(int(np.prod(shape)))).reshape(shape)
+
+
+def leaf(x):
+    return Tensor(np.array(x, dtype=np.float64), requires_grad=True)
+
+
+def causal_padded_mask(B, T, pad):
+    """(B, T, T): causal, the first pad[b] keys of row b padding, every query sees itself."""
+    real = np.arange(T)[None, :] >= np.asarray(pad)[:, None]                  # (B, T)
+    return np.tril(np.ones((T, T), bool)) & (real[:, None, :] | np.eye(T, dtype=bool))
+
+
+rng = np.random.default_rng(0)
+IDS = np.array([[1, 4, 4, 0], [2, 2, 2, 5]])          # repeated ids and targets
+MASK = causal_padded_mask(2, 4, [0, 2])
+
+FUSED = {
+    # name: (fn, inputs)
+    "softmax last axis": (lambda x: F.softmax(x), [rng.normal(size=(3, 5))]),
+    "softmax axis 0": (lambda x: F.softmax(x, axis=0), [rng.normal(size=(3, 5))]),
+    "log_softmax": (lambda x: F.log_softmax(x), [rng.normal(size=(2, 3, 5))]),
+    "log_softmax_gather": (lambda x: F.log_softmax_gather(x, IDS), [rng.normal(size=(2, 4, 6))]),
+    "logsigmoid": (lambda x: F.logsigmoid(x), [rng.normal(size=(4, 3)) * 3]),
+    "cross_entropy": (lambda x: F.cross_entropy(x, IDS), [rng.normal(size=(2, 4, 6))]),
+    "cross_entropy ignore_index": (lambda x: F.cross_entropy(x, np.where(IDS == 2, -100, IDS), ignore_index=-100),
+                                   [rng.normal(size=(2, 4, 6))]),
+    "cross_entropy mask": (lambda x: F.cross_entropy(x, IDS, mask=IDS != 4), [rng.normal(size=(2, 4, 6))]),
+    "layer_norm": (lambda x, w, b: F.layer_norm(x, w, b), [rng.normal(size=(2, 3, 5)), rng.normal(size=5), rng.normal(size=5)]),
+    "embedding repeated ids": (lambda w: F.embedding(IDS, w), [rng.normal(size=(6, 3))]),
+    "linear 3-D with bias": (lambda x, w, b: F.linear(x, w, b), [rng.normal(size=(2, 3, 4)), rng.normal(size=(4, 5)), rng.normal(size=5)]),
+    "linear no bias": (lambda x, w: F.linear(x, w), [rng.normal(size=(3, 4)), rng.normal(size=(4, 2))]),
+    "linear transposed weight": (lambda x, w: F.linear(x, w.T), [rng.normal(size=(3, 4)), rng.normal(size=(6, 4))]),
+    "attention causal + padding": (lambda qkv: F.attention(qkv, MASK, 2)[0], [rng.normal(size=(2, 4, 12))]),
+    "attention with past": (lambda qkv: F.attention(qkv, np.ones((2, 2, 5), bool), 2,
+                                                    past=(np.ones((2, 2, 3, 2)), np.arange(24.0).reshape(2, 2, 3, 2)))[0],
+                            [rng.normal(size=(2, 2, 12))]),
+}
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_gradcheck_fused(name):
+    fn, arrays = FUSED[name]
+    inputs = [leaf(a) for a in arrays]
+    w = weights(fn(*inputs).shape)
+    gradcheck(lambda *xs: (fn(*xs) * w).sum(), inputs)  # raises naming the element on failure
+
+
+# The plain compositions the fused kernels replace, written with primitives only.
+def plain_softmax(x):
+    e = (x - x.max(axis=-1, keepdims=True)).exp()
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def plain_layer_norm(x, w, b):
+    xc = x - x.mean(axis=-1, keepdims=True)
+    return xc / ((xc * xc).mean(axis=-1, keepdims=True) + 1e-5).sqrt() * w + b
+
+
+def plain_attention(qkv, mask, n_head):
+    B, T, C3 = qkv.shape
+    hs = C3 // 3 // n_head
+    heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)          # (3, B, H, T, hs)
+    q, k, v = heads[0], heads[1], heads[2]
+    att = where(mask[:, None], q @ k.transpose(0, 1, 3, 2) * (1.0 / math.sqrt(hs)), -1e9)
+    return (plain_softmax(att) @ v).transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)
+
+
+PAIRS = {
+    "softmax": (F.softmax, plain_softmax, [(3, 5)]),
+    "log_softmax": (F.log_softmax, lambda x: plain_softmax(x).log(), [(3, 5)]),
+    "log_softmax_gather": (lambda x: F.log_softmax_gather(x, IDS),
+                           lambda x: plain_softmax(x).log()[np.arange(2)[:, None], np.arange(4), IDS], [(2, 4, 6)]),
+    "cross_entropy": (lambda x: F.cross_entropy(x, IDS, mask=IDS != 4),
+                      lambda x: -(plain_softmax(x).log()[np.arange(2)[:, None], np.arange(4), IDS] * (IDS != 4)).sum() * (1.0 / 6),
+                      [(2, 4, 6)]),
+    "logsigmoid": (F.logsigmoid, lambda x: x.sigmoid().log(), [(4, 3)]),
+    "layer_norm": (F.layer_norm, plain_layer_norm, [(2, 3, 5), (5,), (5,)]),
+    "embedding": (lambda w: F.embedding(IDS, w), lambda w: w[IDS], [(6, 3)]),
+    "linear": (F.linear, lambda x, w, b: x @ w + b, [(2, 3, 4), (4, 5), (5,)]),
+    "attention": (lambda qkv: F.attention(qkv, MASK, 2)[0], lambda qkv: plain_attention(qkv, MASK, 2), [(2, 4, 12)]),
+}
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_fused_equals_plain_composition(name):
+    fused, plain, shapes = PAIRS[name]
+    arrays = [np.random.default_rng(1).normal(size=s) for s in shapes]
+    results = []
+    for fn in (fused, plain):
+        inputs = [leaf(a) for a in arrays]
+        out = fn(*inputs)
+        (out * weights(out.shape)).sum().backward()
+        results.append([out.data] + [x.grad for x in inputs])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_attention_with_past_equals_full_sequence():
+    qkv = np.random.default_rng(2).normal(size=(2, 5, 12))
+    mask = causal_padded_mask(2, 5, [0, 1])
+    full, _ = F.attention(Tensor(qkv), mask, 2)
+    _, past = F.attention(Tensor(qkv[:, :3]), mask[:, :3, :3], 2)
+    tail, present = F.attention(Tensor(qkv[:, 3:]), mask[:, 3:], 2, past=past)
+    np.testing.assert_allclose(tail.data, full.data[:, 3:], rtol=1e-12, atol=1e-14)
+    assert present[0].shape == (2, 2, 5, 2)
+
+
+def test_attention_padding_query_rows_stay_finite():
+    mask = causal_padded_mask(2, 4, [3, 0])  # row 0: three padding queries that see only themselves
+    out, _ = F.attention(Tensor(np.random.default_rng(3).normal(size=(2, 4, 12)).astype(np.float32)), mask, 2)
+    assert np.isfinite(out.data).all()
+
+
+BIG = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4]], dtype=np.float32)
+
+
+def test_softmax_family_at_1e4_float32():
+    x = Tensor(BIG, requires_grad=True)
+    y = F.softmax(x)
+    np.testing.assert_array_equal(y.data, [[1, 0, 0], [0, 0, 1]])
+    (y * np.array([1.0, 2.0, 3.0], np.float32)).sum().backward()
+    assert np.isfinite(x.grad).all()
+    np.testing.assert_allclose(x.grad, 0.0, atol=1e-6)   # saturated softmax: zero gradient
+    x = Tensor(BIG, requires_grad=True)
+    y = F.log_softmax(x)
+    np.testing.assert_allclose(y.data, [[0, -2e4, -1e4], [-2e4, -2e4, 0]], rtol=1e-6)
+    y[:, 0].sum().backward()
+    # ∂ log p_0 / ∂x = e_0 − softmax(x)
+    np.testing.assert_allclose(x.grad, [[0, 0, 0], [1, 0, -1]], atol=1e-6)
+
+
+def test_logsigmoid_at_1e4_float32():
+    x = Tensor(np.array([1e4, -1e4, 0.0], np.float32), requires_grad=True)
+    y = F.logsigmoid(x)
+    y.sum().backward()
+    np.testing.assert_allclose(y.data, [0.0, -1e4, -math.log(2)], rtol=1e-6)
+    np.testing.assert_allclose(x.grad, [0.0, 1.0, 0.5], rtol=1e-6)   # σ(−x)
+
+
+def test_cross_entropy_and_gather_at_1e4_float32():
+    x = Tensor(BIG, requires_grad=True)
+    loss = F.cross_entropy(x, np.array([1, 2]))
+    loss.backward()
+    # losses 2e4 and 0: mean 1e4; gradient (softmax − onehot) / 2
+    np.testing.assert_allclose(loss.data, 1e4, rtol=1e-6)
+    np.testing.assert_allclose(x.grad, [[0.5, -0.5, 0], [0, 0, 0]], atol=1e-6)
+    lp = F.log_softmax_gather(Tensor(BIG), np.array([0, 0]))
+    np.testing.assert_allclose(lp.data, [0.0, -2e4], rtol=1e-6)
+
+
+def test_cross_entropy_all_masked_is_zero_not_nan():
+    x = Tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    loss = F.cross_entropy(x, np.array([-100, -100]), ignore_index=-100)
+    loss.backward()
+    assert loss.item() == 0.0 and np.all(x.grad == 0.0)
+
+
+def test_cross_entropy_uniform_logits_is_log_v():
+    loss = F.cross_entropy(Tensor(np.zeros((4, 7))), np.array([0, 3, 6, 2]))
+    assert loss.item() == pytest.approx(math.log(7), rel=1e-12)
+
+
+def test_fused_functions_keep_float32():
+    r = np.random.default_rng(4)
+    f32 = lambda *s: Tensor(r.normal(size=s).astype(np.float32), requires_grad=True)
+    x, w, b, W = f32(2, 4, 6), f32(6), f32(6), f32(6, 5)
+    outs = [F.softmax(x), F.log_softmax(x), F.logsigmoid(x), F.layer_norm(x, w, b), F.linear(x, W, w[:5]),
+            F.log_softmax_gather(x, IDS), F.embedding(IDS, W), F.attention(f32(2, 4, 12), MASK, 2)[0]]
+    total = F.cross_entropy(x, IDS)
+    for out in outs:
+        assert out.dtype == np.float32
+        total = total + out.sum()
+    assert total.dtype == np.float32
+    total.backward()
+    assert all(t.grad.dtype == np.float32 for t in (x, w, b, W))
+
+
+def test_fused_shape_errors_name_the_shapes():
+    with pytest.raises(ValueError, match=r"logits \(2, 4, 6\) need targets of shape \(2, 4\), got \(2, 3\)"):
+        F.cross_entropy(Tensor(np.zeros((2, 4, 6))), np.zeros((2, 3), int))
+    with pytest.raises(ValueError, match=r"embedding: ids must lie in \[0, 6\)"):
+        F.embedding(np.array([6]), Tensor(np.zeros((6, 3))))
+    with pytest.raises(ValueError, match=r"linear: input \(3, 4\) does not fit weight \(5, 2\)"):
+        F.linear(Tensor(np.zeros((3, 4))), Tensor(np.zeros((5, 2))))
+    with pytest.raises(ValueError, match=r"layer_norm: input \(3, 4\)"):
+        F.layer_norm(Tensor(np.zeros((3, 4))), Tensor(np.ones(5)), Tensor(np.ones(5)))
