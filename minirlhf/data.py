@@ -69,6 +69,23 @@ def collate(pairs, pad_id):
     return input_ids, attention_mask, response_mask
 
 
+def token_stream(tok, documents):
+    """Pretraining documents -> one stream `<bos> doc_1 <eos> <bos> doc_2 <eos> ...` (N,) int64."""
+    ids = []
+    for doc in documents:
+        ids += [tok.bos_id] + tok.encode(doc) + [tok.eos_id]
+    return np.asarray(ids, dtype=np.int64)
+
+
+def random_windows(stream, batch_size, block_size, rng):
+    """B random windows of block_size + 1 consecutive tokens (inputs and shifted targets), (B, T+1)."""
+    if len(stream) <= block_size + 1:
+        raise ValueError(f"random_windows: a stream of {len(stream)} tokens is too short for "
+                         f"windows of {block_size + 1}")
+    starts = rng.integers(0, len(stream) - block_size - 1, size=batch_size)      # (B,)
+    return stream[starts[:, None] + np.arange(block_size + 1)]                   # (B, T+1)
+
+
 def ranking_pairs(ranking):
     """K-wise ranking (best first) -> the C(K, 2) pairs (i, j) with response i preferred to j."""
     return [(ranking[a], ranking[b]) for a in range(len(ranking)) for b in range(a + 1, len(ranking))]

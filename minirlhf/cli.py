@@ -1,0 +1,145 @@
+"""The `minirlhf` command line (also `python -m minirlhf`).
+
+One flag convention for every stage: `--init DIR` is the run a stage starts from, `--out DIR` is
+where it writes (default `runs/<stage>-<timestamp>`), `--data FILE` replaces the toy world's data
+with your own, `--resume` continues an interrupted run from its checkpoint, `--quiet` hides the
+progress bar. Every field of the stage's config is a flag too (`minirlhf ppo --help` lists them
+with their defaults).
+
+A bad argument (unknown task, missing run directory, out-of-range value, mismatched vocabulary)
+ends with one line saying what to change and exit code 2, not a traceback.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .config import add_config_flags, config_from_args
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "command"):
+        parser.print_help()
+        return 2
+    try:
+        result = args.command(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"minirlhf {args.command_name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"minirlhf {args.command_name}: interrupted", file=sys.stderr)
+        return 130
+    if isinstance(result, Path):
+        print(f"run directory: {result}")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="minirlhf", description="The RLHF pipeline in plain NumPy.")
+    commands = parser.add_subparsers(title="commands")
+    for name, add, help_text in COMMANDS:
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub.set_defaults(command_name=name)
+        add(sub)
+    return parser
+
+
+def add_run_flags(sub, init=True, data_help=None):
+    """The flags every training stage shares."""
+    if init:
+        sub.add_argument("--init", required=True, help="run directory this stage starts from")
+    sub.add_argument("--out", default=None, help="run directory to write (default: runs/<stage>-<timestamp>)")
+    if data_help:
+        sub.add_argument("--data", default=None, help=data_help)
+    sub.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def require_run_dir(path, flag="--init"):
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"{flag} {path}: not a minirlhf run directory (no config.json); "
+                                "give the directory a previous stage wrote")
+    return path
+
+
+def require_resumable(args):
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out DIR: the run directory to continue")
+
+
+# ----------------------------------------------------------------------------- stages
+
+def add_pretrain(sub):
+    from .pretrain import PretrainConfig
+    add_config_flags(sub, PretrainConfig)
+    add_run_flags(sub, init=False, data_help="plain-text corpus (.txt one document per line, or .jsonl "
+                                             "{'text': ...}) instead of the task's web text")
+    sub.set_defaults(command=run_pretrain)
+
+
+def run_pretrain(args):
+    from .pretrain import PretrainConfig, pretrain
+    require_resumable(args)
+    config = config_from_args(PretrainConfig, args)
+    return pretrain(config, out=args.out, data=args.data, resume=args.resume, quiet=args.quiet)
+
+
+def add_sft(sub):
+    from .sft import SFTConfig
+    add_config_flags(sub, SFTConfig)
+    add_run_flags(sub, data_help="SFT demonstrations, JSONL of {'prompt', 'completion'}")
+    sub.set_defaults(command=run_sft)
+
+
+def run_sft(args):
+    from .sft import SFTConfig, sft
+    require_resumable(args)
+    config = config_from_args(SFTConfig, args)
+    return sft(config, init=require_run_dir(args.init), out=args.out, data=args.data, resume=args.resume,
+               quiet=args.quiet)
+
+
+def add_sample(sub):
+    sub.add_argument("--init", required=True, help="run directory of the model to sample from")
+    sub.add_argument("--prompt", action="append", default=None,
+                     help="a prompt (repeat for several; default: 5 of the task's eval prompts)")
+    sub.add_argument("--n", type=int, default=1, help="samples per prompt")
+    sub.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (0 = greedy)")
+    sub.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    sub.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
+    sub.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's suggestion")
+    sub.add_argument("--seed", type=int, default=0, help="sampling seed")
+    sub.set_defaults(command=run_sample)
+
+
+def run_sample(args):
+    from .runs import load_run
+    from .sampling import ModelPolicy
+    from .tasks import get_task
+    model, tokenizer, config = load_run(require_run_dir(args.init))
+    if config["model_type"] != "gpt":
+        raise ValueError(f"--init {args.init} holds a {config['stage']} scoring model, not a language model")
+    task = get_task(config["task"]) if config.get("task") else None
+    if args.temperature < 0 or args.n < 1:
+        raise ValueError("--temperature must be ≥ 0 and --n ≥ 1")
+    prompts = args.prompt or (task.prompts("eval")[:5] if task else None)
+    if not prompts:
+        raise ValueError("this run has no task: give --prompt")
+    max_new = args.max_new_tokens or (task.max_response_tokens if task else 32)
+    policy = ModelPolicy(model, tokenizer, max_new, args.temperature, args.top_k, args.top_p)
+    rng = np.random.default_rng(args.seed)
+    for prompt in prompts:
+        for response in policy([prompt] * args.n, rng):
+            gold = f"   [gold {task.gold_reward(prompt, response):+.2f}]" if task else ""
+            print(f"{prompt} | {response}{gold}")
+
+
+COMMANDS = [
+    ("pretrain", add_pretrain, "stage 1: next-token pretraining on the task's web-like corpus"),
+    ("sft", add_sft, "stage 2: supervised fine-tuning on demonstrations"),
+    ("sample", add_sample, "sample responses from a trained model"),
+]

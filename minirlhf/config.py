@@ -1,0 +1,79 @@
+"""Stage configs: checks for their fields, and their mapping to command-line flags.
+
+Every stage has one `@dataclass` config whose fields carry a comment where they are declared.
+`check_range` / `check_positive` / `check_choice` are what their `__post_init__` calls, so a bad
+value stops with a message naming the field and the allowed range. `add_config_flags` turns the
+fields into flags (`--kl-coef`, or `--ppo.kl-coef` with a prefix) whose help text is that
+comment and whose default is the field's default; `config_from_args` reads them back.
+"""
+import argparse
+import dataclasses
+import inspect
+import re
+
+
+def check_range(config, name, low=None, high=None, *, low_open=False, high_open=False):
+    """Raise ValueError naming `Config.name` unless low ≤ value ≤ high (open ends excluded)."""
+    value = getattr(config, name)
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        left = "unbounded" if low is None else ("(" if low_open else "[") + f"{low}"
+        right = "unbounded" if high is None else f"{high}" + (")" if high_open else "]")
+        allowed = f"{left}, {right}".replace("unbounded, ", "(-inf, ").replace(", unbounded", ", inf)")
+        raise ValueError(f"{type(config).__name__}.{name} = {value!r} is out of range; allowed: {allowed}")
+
+
+def check_positive(config, *names):
+    """Each named field must be > 0 (integers: ≥ 1)."""
+    for name in names:
+        check_range(config, name, 0, None, low_open=True)
+
+
+def check_choice(config, name, choices):
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"{type(config).__name__}.{name} = {value!r}; allowed: {', '.join(map(repr, choices))}")
+
+
+def field_comments(config_class):
+    """{field name: the comment on its declaration line} read from the class source."""
+    comments = {}
+    for line in inspect.getsource(config_class).splitlines():
+        match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2)
+    return comments
+
+
+def add_config_flags(parser, config_class, prefix="", skip=()):
+    """One flag per field: `--field-name` (or `--prefix.field-name`), default and help from the class.
+
+    Use with `argparse.ArgumentDefaultsHelpFormatter` so `--help` shows each default.
+    """
+    comments = field_comments(config_class)
+    for field in dataclasses.fields(config_class):
+        if field.name in skip:
+            continue
+        flag = "--" + (f"{prefix}." if prefix else "") + field.name.replace("_", "-")
+        default = field.default
+        help_text = comments.get(field.name, "")
+        dest = f"{prefix}.{field.name}" if prefix else field.name
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(flag, dest=dest, type=kind, default=default, help=help_text,
+                                metavar=field.name.upper())
+
+
+def config_from_args(config_class, args, prefix="", **overrides):
+    """Build `config_class` from the parsed flags of `add_config_flags` (validation runs here)."""
+    values = {}
+    for field in dataclasses.fields(config_class):
+        dest = f"{prefix}.{field.name}" if prefix else field.name
+        if hasattr(args, dest):
+            values[field.name] = getattr(args, dest)
+    values.update(overrides)
+    return config_class(**values)
