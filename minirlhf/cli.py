@@ -29,8 +29,8 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as err:
         print(f"minirlhf {args.command_name}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"minirlhf {args.command_name}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        print(f"minirlhf {args.command_name}: {stop or 'interrupted'}", file=sys.stderr)
         return 130
     if isinstance(result, Path):
         print(f"run directory: {result}")

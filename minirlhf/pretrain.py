@@ -28,8 +28,8 @@ from .config import check_positive, check_range
 from .data import load_corpus, random_windows, token_stream
 from .model import GPT, GPTConfig
 from .optim import AdamW, cosine_schedule, decay_groups
-from .runs import (MetricsLog, load_checkpoint, new_run_dir, plot_curves, progress, read_metrics, save_checkpoint,
-                   save_run, training_step, write_summary)
+from .runs import (MetricsLog, StopOnInterrupt, end_of_step, load_checkpoint, new_run_dir, plot_curves, progress,
+                   read_metrics, save_run, training_step, write_summary)
 from .sampling import ModelPolicy
 from .tasks import get_task
 from .tokenizer import WordTokenizer
@@ -97,10 +97,9 @@ def pretrain(config, *, out=None, data=None, resume=False, quiet=False):
     run_dir = new_run_dir("pretrain", out)
     stage_config = {**dataclasses.asdict(config), "block_size": block_size, "data": data}
     step = load_checkpoint(run_dir, rng, model=model, optimizer=optimizer) if resume else 0
-    log = MetricsLog(run_dir, resume_from_step=step if resume else None)
-    bar = progress(config.steps, "pretrain", quiet, initial=step)
     started = time.time()
-    try:
+    with MetricsLog(run_dir, resume_from_step=step if resume else None) as log, \
+            progress(config.steps, "pretrain", quiet, initial=step) as bar, StopOnInterrupt() as stop:
         while step < config.steps:
             model.train()
             windows = random_windows(train_stream, config.batch_size, block_size, rng)  # (B, T+1)
@@ -120,15 +119,8 @@ def pretrain(config, *, out=None, data=None, resume=False, quiet=False):
             bar.set_postfix(loss=f"{row['loss']:.3f}")
             if task is not None and config.sample_every and step % config.sample_every == 0:
                 print_samples(bar, model, task, step)
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                save_checkpoint(run_dir, step, rng, model=model, optimizer=optimizer)
-    except KeyboardInterrupt:
-        save_checkpoint(run_dir, step, rng, model=model, optimizer=optimizer)
-        bar.write(f"interrupted: checkpoint saved at step {step}; continue with --resume")
-        raise
-    finally:
-        bar.close()
-        log.close()
+            end_of_step(run_dir, step, config.steps, config.checkpoint_every, stop, rng,
+                        model=model, optimizer=optimizer)
 
     save_run(run_dir, stage="pretrain", task=config.task if task else None, model=model,
              tokenizer=tokenizer, stage_config=stage_config)

@@ -15,13 +15,16 @@ Everything is written atomically (temp file + rename) and arrays are read with
 `allow_pickle=False`, so an interrupted run never leaves a half-written file and a run directory
 can never execute code.
 
-The training-loop helpers every stage uses also live here: `MetricsLog`, `progress` (a tqdm bar
-with the live loss, silent in quiet mode), `check_finite` (NaN/inf stops training with the step and
-the tensor), `save_checkpoint` / `load_checkpoint`, and `plot_curves`.
+The training-loop helpers every stage uses also live here: `training_step` (backward, NaN/inf
+check naming the step and tensor, clipping, update), `MetricsLog`, `progress` (a tqdm bar with the
+live loss, silent in quiet mode), `StopOnInterrupt` + `end_of_step` (Ctrl-C finishes the step,
+saves a checkpoint and stops), `save_checkpoint` / `load_checkpoint`, and `plot_curves`.
 """
 import json
 import os
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -161,6 +164,42 @@ def load_checkpoint(run_dir, rng, **stateful):
 
 # ----------------------------------------------------------------------------- training-loop helpers
 
+class StopOnInterrupt:
+    """Ctrl-C during training finishes the current step instead of breaking it in half.
+
+    Inside `with StopOnInterrupt() as stop:` the first Ctrl-C only sets `stop.requested`; the
+    loop's `end_of_step` then saves a checkpoint and raises KeyboardInterrupt. A second Ctrl-C
+    interrupts at once. (Signal handlers exist only in the main thread; elsewhere Ctrl-C acts
+    as usual and the last periodic checkpoint is what remains.)
+    """
+
+    def __init__(self):
+        self.requested = False
+        self.previous_handler = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous_handler = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc_info):
+        if self.previous_handler is not None:
+            signal.signal(signal.SIGINT, self.previous_handler)
+
+
+def end_of_step(run_dir, step, total_steps, checkpoint_every, stop, rng, **stateful):
+    """Checkpoint when due, at the last step, or when Ctrl-C asked to stop; then stop if asked."""
+    if step % checkpoint_every == 0 or step == total_steps or stop.requested:
+        save_checkpoint(run_dir, step, rng, **stateful)
+    if stop.requested:
+        raise KeyboardInterrupt(f"interrupted: checkpoint saved at step {step}; continue with --resume")
+
+
 class MetricsLog:
     """Append-only metrics.jsonl: one line per logged step, flushed at once."""
 
@@ -180,6 +219,12 @@ class MetricsLog:
 
     def close(self):
         self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
 
 def read_metrics(run_dir):

@@ -29,8 +29,8 @@ from .config import check_positive, check_range
 from .data import collate, encode_pair, load_sft
 from .metrics import evaluate
 from .optim import AdamW, cosine_schedule, decay_groups
-from .runs import (MetricsLog, load_checkpoint, load_run, new_run_dir, plot_curves, progress, read_metrics,
-                   save_checkpoint, save_run, training_step, write_summary)
+from .runs import (MetricsLog, StopOnInterrupt, end_of_step, load_checkpoint, load_run, new_run_dir, plot_curves,
+                   progress, read_metrics, save_run, training_step, write_summary)
 from .sampling import ModelPolicy, sequence_logprobs
 from .tasks import get_task
 
@@ -94,10 +94,9 @@ def sft(config, *, init, out=None, data=None, demonstrations=None, resume=False,
     step = load_checkpoint(run_dir, rng, model=model, optimizer=optimizer) if resume else 0
     eval_prompts = task.prompts("eval")[:config.eval_prompts] if task else None
     before = gold_of_samples(model, task, eval_prompts, config.seed) if task else {}
-    log = MetricsLog(run_dir, resume_from_step=step if resume else None)
-    bar = progress(config.steps, "sft", quiet, initial=step)
     started = time.time()
-    try:
+    with MetricsLog(run_dir, resume_from_step=step if resume else None) as log, \
+            progress(config.steps, "sft", quiet, initial=step) as bar, StopOnInterrupt() as stop:
         while step < config.steps:
             model.train()
             chosen = rng.choice(len(train), size=min(config.batch_size, len(train)), replace=False)
@@ -112,15 +111,8 @@ def sft(config, *, init, out=None, data=None, demonstrations=None, resume=False,
             log.log(step, **row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                save_checkpoint(run_dir, step, rng, model=model, optimizer=optimizer)
-    except KeyboardInterrupt:
-        save_checkpoint(run_dir, step, rng, model=model, optimizer=optimizer)
-        bar.write(f"interrupted: checkpoint saved at step {step}; continue with --resume")
-        raise
-    finally:
-        bar.close()
-        log.close()
+            end_of_step(run_dir, step, config.steps, config.checkpoint_every, stop, rng,
+                        model=model, optimizer=optimizer)
 
     save_run(run_dir, stage="sft", task=init_config.get("task"), model=model, tokenizer=tokenizer,
              stage_config={**dataclasses.asdict(config), "data": data}, init=init)

@@ -1,0 +1,119 @@
+"""The main job: the whole RLHF recipe on a built-in toy task, one stage after another.
+
+    pretrain → SFT → (comparisons by simulated annotators → reward model → PPO, DPO, best-of-n)
+
+Each stage writes its own run directory `<out>/<stage>`; a stage whose directory is complete
+(has its summary.json) is skipped, and one with a checkpoint resumes from it, so re-running an
+interrupted pipeline continues where it stopped. `run(config)` is the Python entry point;
+`minirlhf pipeline` the command line.
+
+`quick_run(task, stage)` is the shared cache of tiny trained runs that tests and notebooks use:
+it runs the `quick` pipeline once per machine (per task, seed and version of the code) up to the
+requested stage and returns that stage's run directory.
+"""
+import dataclasses
+import fcntl
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+from .config import check_range
+from .pretrain import PretrainConfig, pretrain
+from .runs import is_complete, new_run_dir, write_json
+from .sft import SFTConfig, sft
+from .tasks import get_task
+
+STAGES = ("pretrain", "sft")
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    task: str = "sentiment"     # built-in toy task (sentiment or summarize)
+    seed: int = 0               # seeds every stage
+    quick: bool = False         # small settings for tests and a first look (≤ 90 s)
+    pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
+    sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
+
+    def __post_init__(self):
+        get_task(self.task)  # an unknown task name stops here, with the list of known ones
+        check_range(self, "seed", 0, None)
+
+
+# Settings of the --quick pipeline: the same recipe, a fraction of the steps.
+QUICK = {
+    "pretrain": {"steps": 300, "eval_every": 100, "sample_every": 0, "n_documents": 2000},
+    "sft": {"steps": 100, "eval_every": 50, "eval_prompts": 100},
+}
+
+
+def make_config(task="sentiment", seed=0, quick=False, overrides=None):
+    """A PipelineConfig from the defaults, the quick settings if asked, then `overrides`.
+
+    overrides: {stage: {field: value}}, e.g. {"ppo": {"steps": 200}}. Every stage gets the seed
+    and the pretraining stage the task.
+    """
+    stage_configs = {}
+    for stage, config_class in (("pretrain", PretrainConfig), ("sft", SFTConfig)):
+        values = {"seed": seed, **(QUICK[stage] if quick else {}), **(overrides or {}).get(stage, {})}
+        if stage == "pretrain":
+            values["task"] = task
+        stage_configs[stage] = config_class(**values)
+    return PipelineConfig(task=task, seed=seed, quick=quick, **stage_configs)
+
+
+def run(config, out=None, quiet=False, until=None):
+    """Run the pipeline (up to and including stage `until`); returns {stage: run_dir, 'out': dir}."""
+    out = new_run_dir("pipeline", out)
+    write_json(out / "pipeline_config.json", dataclasses.asdict(config))
+    dirs, seconds = {"out": out}, {}
+
+    def stage(name, train):
+        run_dir = out / name
+        if not is_complete(run_dir):
+            resume = (run_dir / "checkpoint" / "state.npz").is_file()
+            if not quiet:
+                print(f"== {name}" + (" (resuming)" if resume else ""), flush=True)
+            started = time.time()
+            train(run_dir, resume)
+            seconds[name] = time.time() - started
+        dirs[name] = run_dir
+        return until == name
+
+    if stage("pretrain", lambda d, r: pretrain(config.pretrain, out=d, resume=r, quiet=quiet)):
+        return dirs
+    if stage("sft", lambda d, r: sft(config.sft, init=dirs["pretrain"], out=d, resume=r, quiet=quiet)):
+        return dirs
+    return dirs
+
+
+# ----------------------------------------------------------------------------- the cache of quick runs
+
+def quick_run(task="sentiment", stage="sft", seed=0):
+    """Run directory of `stage` from the cached quick pipeline of `task` (trained on first use).
+
+    The cache lives in $MINIRLHF_CACHE (default ~/.cache/minirlhf), one folder per task, seed and
+    hash of the package's source, so editing the code retrains instead of reusing stale runs.
+    A file lock lets parallel test workers share it.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"quick_run: unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    root = Path(os.environ.get("MINIRLHF_CACHE", Path.home() / ".cache" / "minirlhf"))
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / f"quick-{task}-seed{seed}-{source_hash()}"
+    with open(root / f".lock-{task}-seed{seed}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for stale in root.glob(f"quick-{task}-seed{seed}-*"):
+            if stale != out:
+                shutil.rmtree(stale, ignore_errors=True)
+        run(make_config(task, seed, quick=True), out=out, quiet=True, until=stage)
+    return out / stage
+
+
+def source_hash():
+    """First 12 hex digits of the SHA-256 of every .py file of the package."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]

@@ -1,0 +1,157 @@
+"""Stages 1 and 2: pretraining learns the corpus, SFT learns the demonstrations and raises the
+gold reward, only response tokens are trained on, NaNs stop training, resume is exact, and the
+command line fails cleanly on bad arguments."""
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from minirlhf import functional as F
+from minirlhf.autograd import Tensor
+from minirlhf.cli import main
+from minirlhf.nn import load_state_dict_file
+from minirlhf.pipeline import quick_run
+from minirlhf.pretrain import PretrainConfig, pretrain
+from minirlhf.runs import NonFiniteError, load_run, read_metrics, read_summary
+from minirlhf.sampling import sequence_logprobs
+from minirlhf.sft import SFTConfig, sft, sft_loss
+
+
+def test_pretraining_beats_the_unigram_entropy():
+    summary = read_summary(quick_run("sentiment", "pretrain"))
+    # a model that ignores context cannot go below the unigram entropy (4.2 nats here);
+    # 300 quick steps must learn enough of the grammar to get well below it
+    assert summary["heldout_loss"] < 0.6 * summary["unigram_entropy"], summary
+
+
+def test_sft_raises_gold_reward_and_lowers_response_loss():
+    run_dir = quick_run("sentiment", "sft")
+    summary = read_summary(run_dir)
+    assert summary["gold_reward_after"] > summary["gold_reward_before"] + 0.1, summary
+    heldout = [row["heldout_loss"] for row in read_metrics(run_dir) if "heldout_loss" in row]
+    assert heldout[-1] < heldout[0], heldout
+
+
+def test_sft_loss_gives_prompt_and_padding_exactly_zero_gradient():
+    # a "model" whose logits are a free tensor: its gradient shows which positions the loss uses
+    rng = np.random.default_rng(0)
+    logits = Tensor(rng.normal(size=(2, 6, 7)), requires_grad=True)
+    input_ids = np.array([[0, 1, 4, 5, 6, 2], [1, 3, 4, 4, 5, 2]])
+    attention_mask = np.array([[False, True, True, True, True, True], [True] * 6])
+    response_mask = np.array([[False, False, False, True, True, True], [False, False, True, True, True, True]])
+    sft_loss(lambda ids, mask: logits, (input_ids, attention_mask, response_mask)).backward()
+    # the logits at t − 1 predict token t: only positions t − 1 of response tokens get a gradient
+    predicts_response = np.roll(response_mask, -1, axis=1) & np.roll(np.arange(6) < 5, 0)
+    assert np.all(logits.grad[~predicts_response] == 0.0)
+    assert np.all(np.abs(logits.grad[predicts_response]).sum(axis=-1) > 0)
+
+
+def test_sft_loss_is_the_mean_response_token_nll():
+    rng = np.random.default_rng(1)
+    logits = Tensor(rng.normal(size=(1, 4, 5)))
+    ids, mask = np.array([[1, 2, 3, 4]]), np.array([[False, False, True, True]])
+    log_probs = logits.data - np.log(np.exp(logits.data).sum(-1, keepdims=True))
+    expected = -(log_probs[0, 1, 3] + log_probs[0, 2, 4]) / 2
+    assert float(sft_loss(lambda i, m: logits, (ids, np.ones_like(mask), mask)).data) == pytest.approx(expected)
+
+
+def test_nan_in_training_stops_with_the_step_and_tensor(tmp_path, monkeypatch):
+    import minirlhf.pretrain as stage
+    real_cross_entropy = F.cross_entropy
+
+    def poisoned(logits, targets, **kw):  # the 3rd step's loss is NaN
+        loss = real_cross_entropy(logits, targets, **kw)
+        poisoned.calls += 1
+        return loss * float("nan") if poisoned.calls == 3 else loss
+    poisoned.calls = 0
+    monkeypatch.setattr(stage.F, "cross_entropy", poisoned)
+    config = PretrainConfig(steps=5, n_layer=1, n_embd=16, n_head=2, n_documents=200, eval_every=100)
+    with pytest.raises(NonFiniteError, match="step 2: the loss is nan"):
+        pretrain(config, out=tmp_path / "run", quiet=True)
+
+
+def _press_ctrl_c_during(monkeypatch, module, step_to_stop):
+    """Send a real SIGINT to this process in the middle of step `step_to_stop`."""
+    real_step = module.training_step
+
+    def step_with_ctrl_c(step, *args):
+        if step == step_to_stop:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(step, *args)
+    monkeypatch.setattr(module, "training_step", step_with_ctrl_c)
+
+
+def test_resumed_pretraining_ends_with_the_same_weights(tmp_path, monkeypatch):
+    import minirlhf.pretrain as stage
+    config = PretrainConfig(steps=12, n_layer=1, n_embd=16, n_head=2, n_documents=300, eval_every=4,
+                            checkpoint_every=100, warmup_steps=2)
+    straight = pretrain(config, out=tmp_path / "straight", quiet=True)
+    with monkeypatch.context() as patch:
+        _press_ctrl_c_during(patch, stage, 7)
+        with pytest.raises(KeyboardInterrupt, match="checkpoint saved at step 8"):
+            pretrain(config, out=tmp_path / "resumed", quiet=True)   # the step under way finishes
+    resumed = pretrain(config, out=tmp_path / "resumed", resume=True, quiet=True)
+    a, b = load_state_dict_file(straight / "model.npz"), load_state_dict_file(resumed / "model.npz")
+    assert all(np.array_equal(a[k], b[k]) for k in a)   # bitwise: same arithmetic in the same order
+    assert [r["step"] for r in read_metrics(resumed)] == list(range(1, 13))
+    assert read_metrics(resumed) == read_metrics(straight)
+
+
+def test_resumed_sft_ends_with_the_same_weights(tmp_path, monkeypatch):
+    import minirlhf.sft as stage
+    init = quick_run("sentiment", "pretrain")
+    config = SFTConfig(steps=6, batch_size=8, n_demonstrations=100, eval_every=3, eval_prompts=4)
+    straight = sft(config, init=init, out=tmp_path / "straight", quiet=True)
+    with monkeypatch.context() as patch:
+        _press_ctrl_c_during(patch, stage, 4)
+        with pytest.raises(KeyboardInterrupt):
+            sft(config, init=init, out=tmp_path / "resumed", quiet=True)
+    resumed = sft(config, init=init, out=tmp_path / "resumed", resume=True, quiet=True)
+    a, b = load_state_dict_file(straight / "model.npz"), load_state_dict_file(resumed / "model.npz")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_load_run_rebuilds_the_model_that_was_trained():
+    run_dir = quick_run("sentiment", "sft")
+    model, tokenizer, config = load_run(run_dir)
+    assert config["stage"] == "sft" and config["task"] == "sentiment"
+    weights = load_state_dict_file(run_dir / "model.npz")
+    assert all(np.array_equal(weights[k], v) for k, v in model.state_dict().items())
+    ids = np.array([[tokenizer.bos_id] + tokenizer.encode("the movie was great .")])
+    logprobs, _ = sequence_logprobs(model, ids, np.ones_like(ids, bool), np.arange(ids.shape[1])[None] > 3)
+    assert np.isfinite(logprobs.data).all()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pretrain", "--steps", "-3"], "PretrainConfig.steps"),
+    (["pretrain", "--task", "poetry"], "unknown task 'poetry'"),
+    (["sft", "--init", "no/such/run"], "not a minirlhf run directory"),
+    (["pretrain", "--resume"], "--resume needs --out"),
+])
+def test_cli_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_cli_sft_rejects_data_outside_the_vocabulary(tmp_path, capsys):
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": "zorp blick", "completion": "quux frobnicate"}) + "\n"
+                             for _ in range(5)))
+    assert main(["sft", "--init", str(quick_run("sentiment", "pretrain")), "--data", str(demos),
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "not in the model's vocabulary" in capsys.readouterr().err
+
+
+def test_cli_pretrain_then_sample(tmp_path, capsys):
+    out = tmp_path / "pt"
+    assert main(["pretrain", "--steps", "3", "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
+                 "--n-documents", "200", "--out", str(out), "--quiet"]) == 0
+    for name in ("config.json", "tokenizer.json", "model.npz", "metrics.jsonl", "summary.json", "curves.png",
+                 "checkpoint/state.npz"):
+        assert (out / name).is_file(), name
+    assert main(["sample", "--init", str(out), "--prompt", "the movie was", "--n", "2", "--temperature", "0"]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("the movie was |")]
+    assert len(lines) == 2 and lines[0] == lines[1]   # greedy decoding is deterministic
