@@ -153,6 +153,8 @@ def evaluate(policy, task, prompts, *, rng, baseline=None, ref_model=None, refer
     Returns a dict of floats, plus 'responses' (the sampled texts).
     """
     if ref_model is not None:
+        if not hasattr(policy, "sample"):
+            raise ValueError("evaluate: KL to ref_model needs a sampling.ModelPolicy (its .sample returns the tokens)")
         responses, rollout = policy.sample(prompts, rng)
     else:
         responses = policy(prompts, rng)

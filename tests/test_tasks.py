@@ -178,3 +178,10 @@ def test_rouge_disagrees_with_gold_more_than_a_noisy_annotator():
     first, second = (annotator_preferences(annotator, task, pairs, rng) for _ in range(2))
     rouge_vs_gold, annotator_vs_gold = agreement(rouge, gold), agreement(first, gold)
     assert rouge_vs_gold < annotator_vs_gold - 0.1 and rouge_vs_gold < agreement(first, second) - 0.05
+
+
+def test_summarize_gold_rejects_prompts_that_are_not_posts():
+    with pytest.raises(ValueError, match="summarize: a prompt ends with 'tl;dr :'"):
+        get_task("summarize").gold_reward("hello", "x .")
+    with pytest.raises(ValueError, match="not a post of this task"):
+        get_task("summarize").gold_reward("we met in college . tl;dr :", "x .")

@@ -73,6 +73,7 @@ GENRES = ("comedy", "thriller", "drama", "western", "musical", "documentary", "m
 VERBS = {"s": ("was", "is", "felt", "seemed"), "p": ("were", "are", "felt", "seemed")}
 OPINIONS = {"loved": ("love", 1.0), "enjoyed": ("enjoy", 0.8), "admired": ("admire", 0.8),
             "liked": ("like", 0.6), "hated": ("hate", -1.0)}  # past -> (base form, polarity)
+OPINION_BASE = dict(OPINIONS.values())  # base form -> polarity, for "i did not like it"
 IDIOMS = {"a must see": 1.0, "two thumbs up": 0.9, "go see it": 0.9, "i would recommend it": 0.8,
           "i would watch it again": 0.8, "i would not recommend it": -0.6,
           "i would not watch it again": -0.6, "skip it": -0.8, "avoid it": -0.9, "what a waste of time": -1.0}
@@ -151,8 +152,7 @@ def _sentence(w, first):
     if not first and len(w) == 3 and w[0] == "i" and w[1] in OPINIONS and w[2] == "it":
         return [[OPINIONS[w[1]][1], 1.0]]
     if not first and len(w) == 5 and w[:3] == ["i", "did", "not"] and w[4] == "it":
-        base = {b: p for b, p in OPINIONS.values()}
-        return [[-NEGATION * base[w[3]], 1.0]] if w[3] in base else None
+        return [[-NEGATION * OPINION_BASE[w[3]], 1.0]] if w[3] in OPINION_BASE else None
     parsed = _clause(w, 0, with_subject=not first)
     if parsed is None:
         return None

@@ -82,27 +82,27 @@ FILLER_OF = {tuple(f.split()): f for f in FILLERS}
 
 # ---------------------------------------------------------------- the judge: a parser
 
+def _optional(w, word):
+    """w without its leading `word`, if it has one."""
+    return w[1:] if w[:1] == (word,) else w
+
+
 def _claim(w):
     """One clause (tuple of words) -> (kind, fact), or None if it is not a clause."""
     if w in FILLER_OF:
         return "filler", FILLER_OF[w]
     if w[:2] == ("should", "i"):
         return ("question", QUESTION_OF[w[2:]]) if w[2:] in QUESTION_OF else None
-    core = w[1:] if w[:1] == ("my",) else w
-    if len(core) in (3, 4) and core[:1] in SUBJECT_OF and core[1:2] in ACTION_OF:
-        obj = core[3:] if core[2:3] == ("my",) else core[2:]
-        if obj in OBJECT_OF:
-            return "problem", (SUBJECT_OF[core[:1]], ACTION_OF[core[1:2]], OBJECT_OF[obj])
-    rest = w[1:] if w[:1] == ("then",) else w
-    subject = None
+    core = _optional(w, "my")  # PROBLEM: ["my"] SUBJECT ACTION ["my"] OBJECT
+    if core[:1] in SUBJECT_OF and core[1:2] in ACTION_OF and _optional(core[2:], "my") in OBJECT_OF:
+        return "problem", (SUBJECT_OF[core[:1]], ACTION_OF[core[1:2]], OBJECT_OF[_optional(core[2:], "my")])
+    rest, subject = _optional(w, "then"), None  # REACTION: ["then"] ["they" | ["my"] SUBJECT] REACTION
     if rest[:1] == ("they",):
         rest = rest[1:]
-    elif (rest[1:] if rest[:1] == ("my",) else rest)[:1] in SUBJECT_OF:
-        rest = rest[1:] if rest[:1] == ("my",) else rest
-        subject, rest = SUBJECT_OF[rest[:1]], rest[1:]
-    if rest in REACTION_OF:
-        return "reaction", (subject, REACTION_OF[rest])
-    return None
+    elif _optional(rest, "my")[:1] in SUBJECT_OF:
+        named = _optional(rest, "my")
+        subject, rest = SUBJECT_OF[named[:1]], named[1:]
+    return ("reaction", (subject, REACTION_OF[rest])) if rest in REACTION_OF else None
 
 
 def claims(text):
@@ -136,6 +136,9 @@ def post_facts(prompt):
             facts[kind] = fact[1] if kind == "reaction" else fact
             if kind == "problem":
                 facts["subject"] = fact[0]
+    if not {"problem", "reaction", "question"} <= set(facts):
+        raise ValueError(f"summarize: not a post of this task (it needs a problem, a reaction and a "
+                         f"question in the task's grammar): {prompt!r}")
     return facts
 
 
@@ -246,10 +249,9 @@ class SummarizeTask(Task):
         return f"{prompt} {summary}"
 
     def gold_reward(self, prompt, response):
-        said = claims(response)
+        facts, said = post_facts(prompt), claims(response)
         if not said:
             return -1.0
-        facts = post_facts(prompt)
         seen, invented, repeats, fillers = set(), 0, 0, 0
         for kind, fact in said:
             if kind == "reaction":
