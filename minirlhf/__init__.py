@@ -12,3 +12,6 @@ from minirlhf.tasks import Task, get_task
 from minirlhf.annotators import MARGIN_TABLE, Annotator, collect_comparisons
 from minirlhf.metrics import (agreement, bleu, distinct_n, evaluate, kl_estimates, rouge_l, rouge_n,
                               win_rate)
+
+# --- run directories and the stages (issues 5–10)
+from minirlhf.runs import load_run
