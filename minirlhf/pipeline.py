@@ -15,7 +15,6 @@ import dataclasses
 import fcntl
 import hashlib
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -95,7 +94,8 @@ def quick_run(task="sentiment", stage="sft", seed=0):
 
     The cache lives in $MINIRLHF_CACHE (default ~/.cache/minirlhf), one folder per task, seed and
     hash of the package's source, so editing the code retrains instead of reusing stale runs.
-    A file lock lets parallel test workers share it.
+    A file lock lets parallel test workers share it. Old folders are never deleted while a
+    process might be reading them; the whole cache can be removed at any time.
     """
     if stage not in STAGES:
         raise ValueError(f"quick_run: unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
@@ -104,9 +104,6 @@ def quick_run(task="sentiment", stage="sft", seed=0):
     out = root / f"quick-{task}-seed{seed}-{source_hash()}"
     with open(root / f".lock-{task}-seed{seed}", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for stale in root.glob(f"quick-{task}-seed{seed}-*"):
-            if stale != out:
-                shutil.rmtree(stale, ignore_errors=True)
         run(make_config(task, seed, quick=True), out=out, quiet=True, until=stage)
     return out / stage
 
