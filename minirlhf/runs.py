@@ -235,7 +235,7 @@ def read_metrics(run_dir):
 
 def progress(total, desc, quiet=False, initial=0):
     """A tqdm progress bar (update it with `.update(1)` and `.set_postfix(loss=...)`)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
     return tqdm(total=total, desc=desc, initial=initial, disable=quiet, dynamic_ncols=True, leave=True)
 
 
