@@ -1,0 +1,117 @@
+"""Collecting experience for RL on a language model: one batch of rollouts, scored.
+
+The RL view of generation (Ziegler et al. 2019; Stiennon et al. 2020, Sec. 3.4): the state is
+the prompt plus the tokens so far, the action is the next token, an episode ends at <eos> (or
+after max_new_tokens), and the reward model scores the finished response. `collect_rollouts`
+does everything that happens *before* an update, for every RL stage (PPO, rejection sampling,
+iterated rounds, Safe RLHF, Pairwise PPO):
+
+    1. sample one response per prompt from the policy                        (`generate`)
+    2. log π_old(x_t | x_<t) and its entropy, and log π_ref(x_t | x_<t) of the frozen reference,
+       at the **same temperature** as the sampling                            (`sequence_logprobs`)
+    3. the value V(x_<t) of every state in which a response token was chosen (`token_values`)
+    4. the reward model's score (and the cost model's) at the last real response token
+    5. a missing-<eos> penalty: responses cut off at max_new_tokens score `missing_eos_penalty`
+       less (TRL's `missing_eos_penalty`), so rambling on is never a way to dodge a low score
+
+All per-token arrays use the full-length (B, T) layout of `input_ids` (DEVELOPING.md), 0 off
+the response. Nothing here builds a graph; every model is read in eval mode (dropout off).
+
+Simplification: top-k / top-p are not offered — PPO's ratio needs log-probs of the exact
+distribution that was sampled, and only a temperature keeps that simple.
+"""
+import dataclasses
+
+import numpy as np
+
+from .autograd import no_grad
+from .data import collate, encode_pair, encode_prompt
+from .model import last_token_values
+from .sampling import _shift_right, generate, sequence_logprobs
+
+
+@dataclasses.dataclass
+class Experience:
+    prompts: list               # B prompt strings
+    responses: list             # B decoded responses (without the <eos>)
+    input_ids: np.ndarray       # (B, T) int64, left-padded prompt then response
+    attention_mask: np.ndarray  # (B, T) bool, False on padding
+    response_mask: np.ndarray   # (B, T) bool, True on response tokens incl. the <eos>
+    ended: np.ndarray           # (B,) bool, the response ended with <eos>
+    logprobs: np.ndarray        # (B, T) log π_old(x_t | x_<t) at sampling time
+    entropy: np.ndarray         # (B, T) entropy of π_old(· | x_<t) at each response token
+    ref_logprobs: np.ndarray = None  # (B, T) log π_ref(x_t | x_<t), or None without a reference
+    values: np.ndarray = None   # (B, T) V(x_<t), or None without a value model
+    rm_scores: np.ndarray = None  # (B,) reward-model score as the model gives it
+    scores: np.ndarray = None   # (B,) rm_scores − missing_eos_penalty · (not ended): what RL maximises
+    costs: np.ndarray = None    # (B,) cost-model score (Safe RLHF), or None
+
+    def batch(self):
+        """(input_ids, attention_mask, response_mask), the triple every model call takes."""
+        return self.input_ids, self.attention_mask, self.response_mask
+
+    def select(self, index):
+        """The rows `index` (an int array) as a new Experience: a minibatch."""
+        def take(value):
+            if value is None:
+                return None
+            if isinstance(value, list):
+                return [value[i] for i in index]
+            return value[index]
+        return Experience(**{f.name: take(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+
+def token_values(value_model, input_ids, attention_mask, response_mask):
+    """V(x_<t) for every response token t, (B, T) Tensor, 0 off the response.
+
+    The scalar head at position t − 1 has read x_<t, the state in which token t is chosen, so its
+    output is shifted right by one (the same off-by-one as the log-probs).
+    """
+    v = value_model(input_ids, attention_mask)                           # (B, T), V of the prefix ending at t
+    return _shift_right(v) * response_mask                               # (B, T), V(x_<t)
+
+
+def sequence_scores(model, input_ids, attention_mask, response_mask):
+    """A scalar-head model's score of each sequence, read at its last response token: (B,) array."""
+    with no_grad():
+        return last_token_values(model(input_ids, attention_mask).data, response_mask)
+
+
+def score_texts(model, tokenizer, prompts, responses):
+    """A scalar-head model's score of each (prompt, response) text pair: (B,) array."""
+    batch = collate([encode_pair(tokenizer, p, r) for p, r in zip(prompts, responses)], tokenizer.pad_id)
+    return sequence_scores(model, *batch)
+
+
+def collect_rollouts(policy, prompts, tokenizer, *, rng, max_new_tokens, temperature=1.0, ref_model=None,
+                     value_model=None, reward_model=None, cost_model=None, missing_eos_penalty=0.0):
+    """Sample one response per prompt from `policy` (a GPT) and score it; -> Experience.
+
+    Each optional model adds its field: ref_model → ref_logprobs, value_model → values,
+    reward_model → rm_scores and scores, cost_model → costs.
+    """
+    if temperature <= 0:
+        raise ValueError(f"collect_rollouts: temperature must be > 0 (log-probs of greedy decoding are "
+                         f"not a distribution), got {temperature}")
+    models = [m for m in (policy, ref_model, value_model, reward_model, cost_model) if m is not None]
+    for m in models:
+        m.eval()
+    rollout = generate(policy, [encode_prompt(tokenizer, p) for p in prompts], max_new_tokens,
+                       temperature=temperature, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, rng=rng)
+    batch = (rollout.input_ids, rollout.attention_mask, rollout.response_mask)
+    response_ids = rollout.response_ids()
+    ended = np.array([len(ids) > 0 and ids[-1] == tokenizer.eos_id for ids in response_ids])   # (B,)
+    with no_grad():
+        logprobs, _, entropy = sequence_logprobs(policy, *batch, temperature, return_entropy=True)
+        exp = Experience(list(prompts), [tokenizer.decode(ids) for ids in response_ids], *batch, ended,
+                         logprobs.data, entropy.data)
+        if ref_model is not None:
+            exp.ref_logprobs = sequence_logprobs(ref_model, *batch, temperature)[0].data          # (B, T)
+        if value_model is not None:
+            exp.values = token_values(value_model, *batch).data                                  # (B, T)
+    if reward_model is not None:
+        exp.rm_scores = sequence_scores(reward_model, *batch)                                    # (B,)
+        exp.scores = np.where(ended, exp.rm_scores, exp.rm_scores - float(missing_eos_penalty))   # (B,)
+    if cost_model is not None:
+        exp.costs = sequence_scores(cost_model, *batch)                                          # (B,)
+    return exp
