@@ -185,6 +185,8 @@ def sentiment(response):
             if parsed is None:
                 return None
             clauses += parsed
+    if not clauses:  # "." alone: no sentence at all
+        return None
     # s = Σ weight·polarity / Σ weight
     return sum(p * wt for p, wt in clauses) / sum(wt for _, wt in clauses)
 
