@@ -103,6 +103,24 @@ def run_sft(args):
                quiet=args.quiet)
 
 
+def add_dpo(sub):
+    from .dpo import DPOConfig
+    add_config_flags(sub, DPOConfig)
+    add_run_flags(sub, data_help="preference pairs, JSONL of {'prompt', 'chosen', 'rejected'} or K-wise "
+                                 "{'prompt', 'responses', 'ranking'} (default: --comparisons collected from the toy world)")
+    sub.add_argument("--heldout-data", default=None, help="preference pairs to evaluate on, same formats "
+                                                          "(default: the last --heldout-fraction of the pairs)")
+    sub.set_defaults(command=run_dpo)
+
+
+def run_dpo(args):
+    from .dpo import DPOConfig, dpo
+    require_resumable(args)
+    config = config_from_args(DPOConfig, args)
+    return dpo(config, init=require_run_dir(args.init), out=args.out, data=args.data, heldout_data=args.heldout_data,
+               resume=args.resume, quiet=args.quiet)
+
+
 def add_sample(sub):
     sub.add_argument("--init", required=True, help="run directory of the model to sample from")
     sub.add_argument("--prompt", action="append", default=None,
@@ -142,4 +160,5 @@ COMMANDS = [
     ("pretrain", add_pretrain, "stage 1: next-token pretraining on the task's web-like corpus"),
     ("sft", add_sft, "stage 2: supervised fine-tuning on demonstrations"),
     ("sample", add_sample, "sample responses from a trained model"),
+    ("dpo", add_dpo, "direct preference optimisation of an SFT model on comparisons"),
 ]
