@@ -65,6 +65,20 @@ class KVCache:
     mask: np.ndarray = None
 
 
+def attention_pattern(mask, T):
+    """Position ids (B, T) and the allowed attention (B, T, Tk) of the last T columns of mask (B, Tk).
+
+    A token's position is the number of real tokens before it (left padding shifts nothing).
+    Query t (column Tk − T + t) sees the real keys at or before it, and itself (so a padding
+    query's softmax row is never empty).
+    """
+    Tk = mask.shape[1]
+    pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, Tk - T:]                          # (B, T)
+    causal = np.tri(T, Tk, Tk - T, dtype=bool)                                            # (T, Tk)
+    itself = np.eye(T, Tk, Tk - T, dtype=bool)                                            # (T, Tk)
+    return pos, causal & (mask[:, None, :] | itself)                                      # (B, T, Tk)
+
+
 class CausalSelfAttention(Module):
     def __init__(self, config, rng):
         C = config.n_embd
@@ -126,15 +140,9 @@ class Transformer(Module):
             raise ValueError(f"attention_mask {mask.shape} does not match input_ids {ids.shape}")
         past_mask = None if kv_cache is None else kv_cache.mask
         full = mask if past_mask is None else np.concatenate([past_mask, mask], axis=1)   # (B, Tk)
-        Tk = full.shape[1]
-        # position = number of real tokens before this one (left padding shifts nothing)
-        pos = np.maximum(np.cumsum(full, axis=1) - 1, 0)[:, Tk - T:]                       # (B, T)
+        pos, allowed = attention_pattern(full, T)                                         # (B, T), (B, T, Tk)
         if pos.max() >= self.config.block_size:
             raise ValueError(f"{pos.max() + 1} real tokens exceed block_size {self.config.block_size}")
-        # query t (at Tk − T + t) sees real keys s ≤ Tk − T + t, and itself (padding rows stay finite)
-        causal = np.tri(T, Tk, Tk - T, dtype=bool)                                        # (T, Tk)
-        itself = np.eye(T, Tk, Tk - T, dtype=bool)                                        # (T, Tk)
-        allowed = causal & (full[:, None, :] | itself)                                    # (B, T, Tk)
         x = self.drop(self.wte(ids) + self.wpe(pos))                                      # (B, T, C)
         presents = []
         for i, block in enumerate(self.h):

@@ -119,6 +119,16 @@ def test_attention_with_past_equals_full_sequence():
     assert present[0].shape == (2, 2, 5, 2)
 
 
+def test_attention_weights_are_the_plain_softmax():
+    qkv = Tensor(np.random.default_rng(5).normal(size=(2, 4, 12)))
+    att = F.attention_weights(qkv, MASK, 2)                                  # (B, H, T, T)
+    B, T, hs = 2, 4, 2
+    heads = qkv.data.reshape(B, T, 3, 2, hs).transpose(2, 0, 3, 1, 4)
+    scores = np.where(MASK[:, None], heads[0] @ heads[1].transpose(0, 1, 3, 2) / np.sqrt(hs), -np.inf)
+    expected = np.exp(scores - scores.max(-1, keepdims=True))
+    np.testing.assert_allclose(att, expected / expected.sum(-1, keepdims=True), rtol=1e-12, atol=1e-15)
+
+
 def test_attention_padding_query_rows_stay_finite():
     mask = causal_padded_mask(2, 4, [3, 0])  # row 0: three padding queries that see only themselves
     out, _ = F.attention(Tensor(np.random.default_rng(3).normal(size=(2, 4, 12)).astype(np.float32)), mask, 2)
