@@ -15,3 +15,6 @@ from minirlhf.metrics import (agreement, bleu, distinct_n, evaluate, kl_estimate
 
 # --- run directories and the stages (issues 5–10)
 from minirlhf.runs import load_run
+
+# --- the way out to PyTorch (issue 11)
+from minirlhf.export import export_hf

@@ -156,9 +156,26 @@ def run_sample(args):
             print(f"{prompt} | {response}{gold}")
 
 
+def add_export(sub):
+    sub.add_argument("--ckpt", required=True, help="run directory of any stage holding a GPT (or a scalar-head model)")
+    sub.add_argument("--out", required=True, help="folder to write the Hugging Face checkpoint into")
+    sub.add_argument("--model", default="model", help="which model of the run: model (the stage's own) or an "
+                                                      "extra one such as value (PPO's value model)")
+    sub.set_defaults(command=run_export)
+
+
+def run_export(args):
+    from .export import export_hf
+    from .runs import read_json
+    out = export_hf(require_run_dir(args.ckpt, "--ckpt"), args.out, args.model)
+    architecture = read_json(out / "config.json")["architectures"][0]
+    print(f"{architecture} checkpoint: {out}  (load it with transformers' {architecture}.from_pretrained)")
+
+
 COMMANDS = [
     ("pretrain", add_pretrain, "stage 1: next-token pretraining on the task's web-like corpus"),
     ("sft", add_sft, "stage 2: supervised fine-tuning on demonstrations"),
     ("sample", add_sample, "sample responses from a trained model"),
     ("dpo", add_dpo, "direct preference optimisation of an SFT model on comparisons"),
+    ("export", add_export, "write a run's model as a Hugging Face GPT-2 checkpoint folder (for PyTorch/TRL)"),
 ]
