@@ -43,6 +43,8 @@ class Rollout:
 
 def sample_logits(logits, rng, temperature=1.0, top_k=None, top_p=None):
     """One token per row of `logits` (B, V) -> (B,) int64. temperature 0 = argmax."""
+    if (top_k is not None and top_k < 1) or (top_p is not None and not 0.0 < top_p <= 1.0):
+        raise ValueError(f"sampling: top_k must be ≥ 1 and top_p in (0, 1], got top_k={top_k}, top_p={top_p}")
     if temperature == 0:
         return logits.argmax(axis=-1)
     z = logits.astype(np.float64) / temperature                                 # (B, V)
@@ -76,6 +78,7 @@ def generate(model, prompt_ids, max_new_tokens, *, temperature=1.0, top_k=None, 
         raise ValueError(f"generate: temperature must be ≥ 0 and sampling (> 0) needs rng; got {temperature}")
     if max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be ≥ 1, got {max_new_tokens}")
+    prompt_ids = [[int(i) for i in p] for p in prompt_ids]   # lists of ints (arrays are fine too)
     longest = max(len(p) for p in prompt_ids) + max_new_tokens
     if longest > model.config.block_size:
         raise ValueError(f"generate: prompt + max_new_tokens = {longest} tokens exceed block_size "

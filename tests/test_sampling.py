@@ -37,7 +37,7 @@ class Counter(Module):
 
 def test_greedy_with_and_without_cache_agree():
     model = model64()
-    a = generate(model, PROMPTS, 10, temperature=0, use_cache=True)
+    a = generate(model, [np.array(p) for p in PROMPTS], 10, temperature=0, use_cache=True)
     b = generate(model, PROMPTS, 10, temperature=0, use_cache=False)
     np.testing.assert_array_equal(a.input_ids, b.input_ids)
     assert a.input_ids.shape == (3, 5 + 10) and a.prompt_width == 5
@@ -96,6 +96,8 @@ def test_sample_logits_distributions():
     hot = np.sqrt([0.5, 0.3, 0.15, 0.05])   # temperature 2: p ∝ p^(1/2)
     np.testing.assert_allclose(frequencies(logits, temperature=2.0), hot / hot.sum(), atol=0.01)
     assert sample_logits(np.array([[0.0, 3.0, 1.0]]), None, temperature=0)[0] == 1
+    with pytest.raises(ValueError, match="top_k must be ≥ 1"):
+        sample_logits(np.zeros((1, 3)), np.random.default_rng(0), top_k=0)
 
 
 def batch_of_pairs():
