@@ -15,6 +15,9 @@ from minirlhf.metrics import (agreement, bleu, distinct_n, evaluate, kl_estimate
 
 # --- run directories and the stages (issues 5–10)
 from minirlhf.runs import load_run
+from minirlhf.rollout import Experience, collect_rollouts
+from minirlhf.ppo import (AdaptiveKLController, PPOConfig, compute_gae, kl_penalized_rewards, ppo_policy_loss,
+                          ppo_value_loss)
 
 # --- the way out to PyTorch (issue 11)
 from minirlhf.export import export_hf

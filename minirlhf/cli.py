@@ -103,6 +103,23 @@ def run_sft(args):
                quiet=args.quiet)
 
 
+def add_ppo(sub):
+    from .ppo import PPOConfig
+    add_config_flags(sub, PPOConfig)
+    add_run_flags(sub)
+    sub.add_argument("--reward", required=True, help="run directory of the reward model (minirlhf reward); "
+                                                     "the value model starts from it too")
+    sub.set_defaults(command=run_ppo)
+
+
+def run_ppo(args):
+    from .ppo import PPOConfig, ppo
+    require_resumable(args)
+    config = config_from_args(PPOConfig, args)
+    return ppo(config, init=require_run_dir(args.init), reward=require_run_dir(args.reward, "--reward"), out=args.out,
+               resume=args.resume, quiet=args.quiet)
+
+
 def add_dpo(sub):
     from .dpo import DPOConfig
     add_config_flags(sub, DPOConfig)
@@ -176,6 +193,7 @@ COMMANDS = [
     ("pretrain", add_pretrain, "stage 1: next-token pretraining on the task's web-like corpus"),
     ("sft", add_sft, "stage 2: supervised fine-tuning on demonstrations"),
     ("sample", add_sample, "sample responses from a trained model"),
+    ("ppo", add_ppo, "stage 3: PPO against a reward model, with a per-token KL penalty and PPO-ptx"),
     ("dpo", add_dpo, "direct preference optimisation of an SFT model on comparisons"),
     ("export", add_export, "write a run's model as a Hugging Face GPT-2 checkpoint folder (for PyTorch/TRL)"),
 ]

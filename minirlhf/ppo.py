@@ -55,7 +55,7 @@ class PPOConfig:
     vf_clip: float = 0.2        # ε of the clipped value loss (> 0)
     gamma: float = 1.0          # discount γ, in [0, 1]
     lam: float = 0.95           # GAE λ, in [0, 1]
-    ptx_coef: float = 1.0       # γ of PPO-ptx: weight of the pretraining loss (≥ 0; 0 = plain PPO)
+    ptx_coef: float = 0.3       # γ of PPO-ptx: weight of the pretraining loss (≥ 0; 0 = plain PPO)
     ptx_batch_size: int = 16    # pretraining windows per gradient step (≥ 1)
     ptx_documents: int = 2000   # web-text documents drawn for ptx and the held-out loss (≥ 20)
     temperature: float = 1.0    # sampling temperature, used in every log-prob too (> 0)
@@ -236,7 +236,7 @@ def ppo(config, *, init, reward, out=None, resume=False, quiet=False):
             advantages, returns = compute_gae(rewards, exp.values, mask, config.gamma, config.lam)
             advantages = whiten(advantages, mask)
             updates = []
-            for epoch in range(config.ppo_epochs):
+            for _ in range(config.ppo_epochs):
                 for index in np.split(rng.permutation(config.batch_size), config.batch_size // config.minibatch_size):
                     mb = exp.select(index)
                     logprobs, _ = sequence_logprobs(policy, *mb.batch(), config.temperature)  # (b, T)
@@ -282,7 +282,8 @@ def ppo(config, *, init, reward, out=None, resume=False, quiet=False):
     summary = evaluate_against_sft(policy, ref_model, reward_model, task, tokenizer, config, max_new)
     with no_grad():
         summary.update(heldout_ptx_loss_before=heldout_before, heldout_ptx_loss=float(lm_loss(policy, heldout_windows).data))
-    summary.update(seconds=time.time() - started, seconds_per_step=float(np.mean([r["seconds"] for r in rows])))
+    summary.update(kl_coef=kl_ctl.value, seconds=time.time() - started,
+                   seconds_per_step=float(np.mean([r["seconds"] for r in rows])))
     write_summary(run_dir, summary)
     return run_dir
 
