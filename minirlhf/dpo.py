@@ -135,10 +135,15 @@ def preference_pairs(rows):
     return pairs
 
 
-def encode_pairs(tokenizer, pairs, what):
+def encode_pairs(tokenizer, pairs, what, block_size=None):
     """[(prompt, chosen, rejected)] -> the encoded (chosen, rejected) of each, and their names for errors."""
     examples = [(encode_pair(tokenizer, p, c), encode_pair(tokenizer, p, r)) for p, c, r in pairs]
-    return examples, [f"{what} {i} (prompt {p!r})" for i, (p, _, _) in enumerate(pairs)]
+    names = [f"{what} {i} (prompt {p!r})" for i, (p, _, _) in enumerate(pairs)]
+    for name, (chosen, rejected) in zip(names, examples):
+        if block_size is not None and max(len(chosen[0]), len(rejected[0])) > block_size:
+            raise ValueError(f"dpo: {name} is {max(len(chosen[0]), len(rejected[0]))} tokens long, more than the "
+                             f"model's block_size {block_size}")
+    return examples, names
 
 
 def pair_logps(model, examples, index, pad_id, names):
@@ -192,8 +197,8 @@ def dpo(config, *, init, out=None, data=None, heldout_data=None, resume=False, q
     if not pairs or not heldout_pairs:
         raise ValueError(f"DPO needs preference pairs to train on and to hold out; got {len(pairs)} and "
                          f"{len(heldout_pairs)}")
-    train, names = encode_pairs(tokenizer, pairs, "pair")
-    heldout, heldout_names = encode_pairs(tokenizer, heldout_pairs, "held-out pair")
+    train, names = encode_pairs(tokenizer, pairs, "pair", policy.config.block_size)
+    heldout, heldout_names = encode_pairs(tokenizer, heldout_pairs, "held-out pair", policy.config.block_size)
 
     # log π_ref of both sides of every pair, computed once: (N, 2) and (N_heldout, 2)
     ref_logps = all_pair_logps(reference, train, tokenizer.pad_id, names)
