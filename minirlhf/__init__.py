@@ -18,6 +18,8 @@ from minirlhf.runs import load_run
 from minirlhf.rollout import Experience, collect_rollouts
 from minirlhf.ppo import (AdaptiveKLController, PPOConfig, compute_gae, kl_penalized_rewards, ppo_policy_loss,
                           ppo_value_loss)
+from minirlhf.dpo import DPOConfig, dpo_loss
+from minirlhf.best_of_n import BestOfN, kl_bound
 
 # --- the way out to PyTorch (issue 11)
 from minirlhf.export import export_hf
