@@ -33,11 +33,10 @@ from .config import check_positive, check_range
 from .data import random_windows, token_stream
 from .metrics import evaluate, kl_estimates
 from .optim import AdamW
-from .rollout import collect_rollouts, score_texts, token_values
-from .runs import (MetricsLog, StopOnInterrupt, end_of_step, load_checkpoint, load_run, new_run_dir, plot_curves,
+from .rollout import collect_rollouts, load_rl_runs, score_texts, token_values
+from .runs import (MetricsLog, StopOnInterrupt, end_of_step, load_checkpoint, new_run_dir, plot_curves,
                    progress, read_metrics, save_model, save_run, training_step, write_summary)
 from .sampling import ModelPolicy, sequence_logprobs
-from .tasks import get_task
 
 
 @dataclasses.dataclass
@@ -190,19 +189,9 @@ def lm_loss(model, windows):
 def ppo(config, *, init, reward, out=None, resume=False, quiet=False):
     """Run stage 3 from an SFT run `init` and a reward-model run `reward`; returns the run directory."""
     rng = np.random.default_rng(config.seed)
-    policy, tokenizer, init_config = load_run(init)
-    ref_model = load_run(init)[0]                                # frozen π_ref = π_SFT
-    reward_model, rm_tokenizer, rm_config = load_run(reward)
-    value_model = load_run(reward)[0]                            # V initialised from the RM (InstructGPT)
-    if rm_config["model_type"] != "scalar" or init_config["model_type"] != "gpt":
-        raise ValueError(f"ppo needs --init a language-model run and --reward a reward-model run; got "
-                         f"{init_config['stage']} ({init_config['model_type']}) and {rm_config['stage']} "
-                         f"({rm_config['model_type']})")
-    if rm_tokenizer.itos != tokenizer.itos:
-        raise ValueError(f"the reward model {reward} and the policy {init} have different vocabularies")
-    if not init_config.get("task"):
-        raise ValueError(f"{init} has no task: PPO draws its prompts and ptx text from a built-in task")
-    task = get_task(init_config["task"])
+    # π_θ and a frozen π_ref = π_SFT; the value model starts as a copy of the RM (InstructGPT)
+    policy, ref_model, tokenizer, task, models = load_rl_runs(init, reward=reward, value=reward)
+    reward_model, value_model = models["reward"], models["value"]
     max_new = config.max_new_tokens or task.max_response_tokens
     block_size = policy.config.block_size
     # ptx text: fresh documents of the pretraining distribution; the last 10% are held out

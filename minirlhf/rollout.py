@@ -14,6 +14,9 @@ iterated rounds, Safe RLHF, Pairwise PPO):
     5. a missing-<eos> penalty: responses cut off at max_new_tokens score `missing_eos_penalty`
        less (TRL's `missing_eos_penalty`), so rambling on is never a way to dodge a low score
 
+`load_rl_runs` loads what every RL stage starts from — the policy run, a frozen copy of it as the
+reference, and its scoring models — and checks that they fit together.
+
 All per-token arrays use the full-length (B, T) layout of `input_ids` (DEVELOPING.md), 0 off
 the response. Nothing here builds a graph; every model is read in eval mode (dropout off).
 
@@ -27,7 +30,9 @@ import numpy as np
 from .autograd import no_grad
 from .data import collate, encode_pair, encode_prompt
 from .model import last_token_values
+from .runs import load_run
 from .sampling import _shift_right, generate, sequence_logprobs
+from .tasks import get_task
 
 
 @dataclasses.dataclass
@@ -115,3 +120,25 @@ def collect_rollouts(policy, prompts, tokenizer, *, rng, max_new_tokens, tempera
     if cost_model is not None:
         exp.costs = sequence_scores(cost_model, *batch)                                          # (B,)
     return exp
+
+
+def load_rl_runs(init, **scorers):
+    """The policy run `init` and its frozen copy (π_ref), and each scalar-head run of `scorers`.
+
+    scorers: {name: run directory} of reward, cost or value models. Checks that `init` holds a
+    language model trained on a built-in task and every scorer a scalar-head model with the same
+    vocabulary. -> (policy, ref_model, tokenizer, task, {name: model}).
+    """
+    policy, tokenizer, init_config = load_run(init)
+    if init_config["model_type"] != "gpt" or not init_config.get("task"):
+        raise ValueError(f"--init {init} must be a language-model run on a built-in task "
+                         f"(got a {init_config['stage']} run, model {init_config['model_type']})")
+    models = {}
+    for name, run_dir in scorers.items():
+        models[name], scorer_tokenizer, config = load_run(run_dir)
+        if config["model_type"] != "scalar":
+            raise ValueError(f"--{name} {run_dir} must be a scoring-model run (reward or cost model); "
+                             f"got a {config['stage']} run holding a language model")
+        if scorer_tokenizer.itos != tokenizer.itos:
+            raise ValueError(f"the {name} model {run_dir} and the policy {init} have different vocabularies")
+    return policy, load_run(init)[0], tokenizer, get_task(init_config["task"]), models

@@ -1,12 +1,14 @@
 """Rollouts: log-probs at the sampling temperature, the reference's KL is 0 when it is the policy,
-values are read one position early, scores at the last real token, the missing-<eos> penalty."""
+values are read one position early, scores at the last real token, the missing-<eos> penalty;
+loading the runs an RL stage starts from."""
 import numpy as np
 import pytest
 
 from minirlhf.data import collate, encode_pair
 from minirlhf.metrics import kl_estimates
 from minirlhf.model import GPT, GPTConfig, ScalarHeadModel
-from minirlhf.rollout import collect_rollouts, score_texts, sequence_scores, token_values
+from minirlhf.rollout import collect_rollouts, load_rl_runs, score_texts, sequence_scores, token_values
+from minirlhf.runs import save_run
 from minirlhf.sampling import sequence_logprobs
 from minirlhf.tasks import get_task
 
@@ -97,3 +99,18 @@ def test_greedy_rollouts_are_refused():
     policy, _, _ = tiny_models()
     with pytest.raises(ValueError, match="temperature must be > 0"):
         collect_rollouts(policy, PROMPTS, TOK, rng=np.random.default_rng(0), max_new_tokens=4, temperature=0)
+
+
+def test_load_rl_runs_checks_the_kinds_and_vocabularies(tmp_path):
+    policy, _, reward_model = tiny_models()
+    for name, model, task in (("sft", policy, "sentiment"), ("rm", reward_model, "sentiment"),
+                              ("nameless", policy, None)):
+        (tmp_path / name).mkdir()
+        save_run(tmp_path / name, stage=name, task=task, model=model, tokenizer=TOK, stage_config={})
+    loaded, ref, tok, task, models = load_rl_runs(tmp_path / "sft", reward=tmp_path / "rm")
+    assert loaded is not ref and task.name == "sentiment" and isinstance(models["reward"], ScalarHeadModel)
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.state_dict().values(), ref.state_dict().values()))
+    with pytest.raises(ValueError, match="must be a language-model run on a built-in task"):
+        load_rl_runs(tmp_path / "nameless", reward=tmp_path / "rm")
+    with pytest.raises(ValueError, match="--reward .* must be a scoring-model run"):
+        load_rl_runs(tmp_path / "sft", reward=tmp_path / "sft")
