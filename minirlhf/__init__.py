@@ -23,3 +23,6 @@ from minirlhf.best_of_n import BestOfN, kl_bound
 
 # --- the way out to PyTorch (issue 11)
 from minirlhf.export import export_hf
+
+# --- be the human: label comparisons yourself (issue 12)
+from minirlhf.annotate import AnnotateConfig, label_pairs

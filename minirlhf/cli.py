@@ -189,9 +189,32 @@ def run_export(args):
     print(f"{architecture} checkpoint: {out}  (load it with transformers' {architecture}.from_pretrained)")
 
 
+def add_annotate(sub):
+    from .annotate import AnnotateConfig
+    add_config_flags(sub, AnnotateConfig)
+    source = sub.add_mutually_exclusive_group(required=True)
+    source.add_argument("--init", help="run directory of the policy whose samples you compare (two per prompt)")
+    source.add_argument("--from", dest="candidates", help="JSONL of pre-sampled responses instead, one "
+                                                         "{'prompt', 'responses': [...]} a line")
+    sub.add_argument("--task", default=None, help="toy task whose gold judge measures your agreement; needed "
+                                                  "with --from, with --init the run's task")
+    sub.add_argument("--out", default="prefs.jsonl", help="pairwise JSONL the labels are appended to; "
+                                                          "the same file again resumes")
+    sub.add_argument("--name", default=None, help="the 'annotator' field of your rows; unset: human:<login name>")
+    sub.set_defaults(command=run_annotate)
+
+
+def run_annotate(args):
+    from .annotate import AnnotateConfig, label_pairs
+    config = config_from_args(AnnotateConfig, args)
+    label_pairs(config, out=args.out, task=args.task, init=args.init and require_run_dir(args.init),
+                candidates=args.candidates, name=args.name)
+
+
 COMMANDS = [
     ("pretrain", add_pretrain, "stage 1: next-token pretraining on the task's web-like corpus"),
     ("sft", add_sft, "stage 2: supervised fine-tuning on demonstrations"),
+    ("annotate", add_annotate, "be the human: label pairs of responses in the terminal, for reward --data and dpo --data"),
     ("sample", add_sample, "sample responses from a trained model"),
     ("ppo", add_ppo, "stage 3: PPO against a reward model, with a per-token KL penalty and PPO-ptx"),
     ("dpo", add_dpo, "direct preference optimisation of an SFT model on comparisons"),
