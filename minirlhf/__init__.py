@@ -15,6 +15,7 @@ from minirlhf.metrics import (agreement, bleu, distinct_n, evaluate, kl_estimate
 
 # --- run directories and the stages (issues 5–10)
 from minirlhf.runs import load_run
+from minirlhf.reward import RewardConfig, bradley_terry_loss
 from minirlhf.rollout import Experience, collect_rollouts
 from minirlhf.ppo import (AdaptiveKLController, PPOConfig, compute_gae, kl_penalized_rewards, ppo_policy_loss,
                           ppo_value_loss)

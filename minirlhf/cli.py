@@ -103,6 +103,25 @@ def run_sft(args):
                quiet=args.quiet)
 
 
+def add_reward(sub):
+    from .reward import RewardConfig
+    add_config_flags(sub, RewardConfig)
+    add_run_flags(sub, data_help="comparisons to train on, JSONL of {'prompt', 'chosen', 'rejected'[, 'margin']} "
+                                 "or K-wise {'prompt', 'responses', 'ranking'} (default: --comparisons labelled "
+                                 "in the toy world)")
+    sub.add_argument("--heldout-data", default=None, help="comparisons to evaluate on, same formats "
+                                                          "(default: the last --heldout-comparisons rows of --data)")
+    sub.set_defaults(command=run_reward)
+
+
+def run_reward(args):
+    from .reward import RewardConfig, reward
+    require_resumable(args)
+    config = config_from_args(RewardConfig, args)
+    return reward(config, init=require_run_dir(args.init), out=args.out, data=args.data,
+                  heldout_data=args.heldout_data, resume=args.resume, quiet=args.quiet)
+
+
 def add_ppo(sub):
     from .ppo import PPOConfig
     add_config_flags(sub, PPOConfig)
@@ -211,11 +230,30 @@ def run_annotate(args):
                 candidates=args.candidates, name=args.name)
 
 
+def add_experiment(sub):
+    sub.add_argument("name", help="which: a module of minirlhf/experiments/ with a main(argv), e.g. rm-scaling "
+                                  "for rm_scaling.py")
+    sub.add_argument("args", nargs=argparse.REMAINDER, help="the experiment's own flags (NAME --help lists them)")
+    sub.set_defaults(command=run_experiment)
+
+
+def run_experiment(args):
+    import importlib
+    import pkgutil
+    from . import experiments
+    names = sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(experiments.__path__))
+    if args.name not in names:
+        raise ValueError(f"unknown experiment {args.name!r}; choose one of {', '.join(names)}")
+    return importlib.import_module(f"{experiments.__name__}.{args.name.replace('-', '_')}").main(args.args)
+
+
 COMMANDS = [
     ("pretrain", add_pretrain, "stage 1: next-token pretraining on the task's web-like corpus"),
     ("sft", add_sft, "stage 2: supervised fine-tuning on demonstrations"),
     ("annotate", add_annotate, "be the human: label pairs of responses in the terminal, for reward --data and dpo --data"),
+    ("reward", add_reward, "the reward model: a preference score learnt from comparisons (Bradley–Terry)"),
     ("sample", add_sample, "sample responses from a trained model"),
+    ("experiment", add_experiment, "run a measured experiment that writes its plots and numbers into docs/"),
     ("ppo", add_ppo, "stage 3: PPO against a reward model, with a per-token KL penalty and PPO-ptx"),
     ("dpo", add_dpo, "direct preference optimisation of an SFT model on comparisons"),
     ("export", add_export, "write a run's model as a Hugging Face GPT-2 checkpoint folder (for PyTorch/TRL)"),

@@ -20,11 +20,12 @@ from pathlib import Path
 
 from .config import check_range
 from .pretrain import PretrainConfig, pretrain
+from .reward import RewardConfig, reward
 from .runs import is_complete, new_run_dir, write_json
 from .sft import SFTConfig, sft
 from .tasks import get_task
 
-STAGES = ("pretrain", "sft")
+STAGES = ("pretrain", "sft", "reward")
 
 
 @dataclasses.dataclass
@@ -34,6 +35,7 @@ class PipelineConfig:
     quick: bool = False         # small settings for tests and a first look (≤ 90 s)
     pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
+    reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
 
     def __post_init__(self):
         get_task(self.task)  # an unknown task name stops here, with the list of known ones
@@ -44,6 +46,8 @@ class PipelineConfig:
 QUICK = {
     "pretrain": {"steps": 300, "eval_every": 100, "sample_every": 0, "n_documents": 2000},
     "sft": {"steps": 100, "eval_every": 50, "eval_prompts": 100},
+    "reward": {"comparisons": 400, "heldout_comparisons": 200, "steps": 60, "eval_every": 20,
+               "normalize_samples": 200},
 }
 
 
@@ -54,7 +58,7 @@ def make_config(task="sentiment", seed=0, quick=False, overrides=None):
     and the pretraining stage the task.
     """
     stage_configs = {}
-    for stage, config_class in (("pretrain", PretrainConfig), ("sft", SFTConfig)):
+    for stage, config_class in (("pretrain", PretrainConfig), ("sft", SFTConfig), ("reward", RewardConfig)):
         values = {"seed": seed, **(QUICK[stage] if quick else {}), **(overrides or {}).get(stage, {})}
         if stage == "pretrain":
             values["task"] = task
@@ -83,6 +87,8 @@ def run(config, out=None, quiet=False, until=None):
     if stage("pretrain", lambda d, r: pretrain(config.pretrain, out=d, resume=r, quiet=quiet)):
         return dirs
     if stage("sft", lambda d, r: sft(config.sft, init=dirs["pretrain"], out=d, resume=r, quiet=quiet)):
+        return dirs
+    if stage("reward", lambda d, r: reward(config.reward, init=dirs["sft"], out=d, resume=r, quiet=quiet)):
         return dirs
     return dirs
 
