@@ -9,7 +9,7 @@ interrupted pipeline continues where it stopped. `run(config)` is the Python ent
 
 `quick_run(task, stage)` is the shared cache of tiny trained runs that tests and notebooks use:
 it runs the `quick` pipeline once per machine (per task, seed and version of the code) up to the
-requested stage and returns that stage's run directory.
+requested stage and returns that stage's run directory; `quick_extra` caches other runs beside it.
 """
 import dataclasses
 import fcntl
@@ -19,13 +19,15 @@ import time
 from pathlib import Path
 
 from .config import check_range
+from .dpo import DPOConfig, dpo
+from .ppo import PPOConfig, ppo
 from .pretrain import PretrainConfig, pretrain
 from .reward import RewardConfig, reward
 from .runs import is_complete, new_run_dir, write_json
 from .sft import SFTConfig, sft
 from .tasks import get_task
 
-STAGES = ("pretrain", "sft", "reward")
+STAGES = ("pretrain", "sft", "reward", "dpo", "ppo")
 
 
 @dataclasses.dataclass
@@ -36,6 +38,8 @@ class PipelineConfig:
     pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
+    dpo: DPOConfig = dataclasses.field(default_factory=DPOConfig)
+    ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
 
     def __post_init__(self):
         get_task(self.task)  # an unknown task name stops here, with the list of known ones
@@ -48,6 +52,8 @@ QUICK = {
     "sft": {"steps": 100, "eval_every": 50, "eval_prompts": 100},
     "reward": {"comparisons": 400, "heldout_comparisons": 200, "steps": 60, "eval_every": 20,
                "normalize_samples": 200},
+    "dpo": {"steps": 60, "eval_every": 20, "beta": 0.5, "lr": 3e-4},
+    "ppo": {"steps": 25, "lr": 1e-3, "checkpoint_every": 25},
 }
 
 
@@ -58,7 +64,8 @@ def make_config(task="sentiment", seed=0, quick=False, overrides=None):
     and the pretraining stage the task.
     """
     stage_configs = {}
-    for stage, config_class in (("pretrain", PretrainConfig), ("sft", SFTConfig), ("reward", RewardConfig)):
+    for stage, config_class in (("pretrain", PretrainConfig), ("sft", SFTConfig), ("reward", RewardConfig),
+                                ("dpo", DPOConfig), ("ppo", PPOConfig)):
         values = {"seed": seed, **(QUICK[stage] if quick else {}), **(overrides or {}).get(stage, {})}
         if stage == "pretrain":
             values["task"] = task
@@ -90,6 +97,13 @@ def run(config, out=None, quiet=False, until=None):
         return dirs
     if stage("reward", lambda d, r: reward(config.reward, init=dirs["sft"], out=d, resume=r, quiet=quiet)):
         return dirs
+    # DPO learns from exactly the comparisons the reward model was trained and evaluated on
+    if stage("dpo", lambda d, r: dpo(config.dpo, init=dirs["sft"], out=d, data=dirs["reward"] / "comparisons.jsonl",
+                                     heldout_data=dirs["reward"] / "heldout_comparisons.jsonl", resume=r, quiet=quiet)):
+        return dirs
+    if stage("ppo", lambda d, r: ppo(config.ppo, init=dirs["sft"], reward=dirs["reward"], out=d, resume=r,
+                                     quiet=quiet)):
+        return dirs
     return dirs
 
 
@@ -112,6 +126,21 @@ def quick_run(task="sentiment", stage="sft", seed=0):
         fcntl.flock(lock, fcntl.LOCK_EX)
         run(make_config(task, seed, quick=True), out=out, quiet=True, until=stage)
     return out / stage
+
+
+def quick_extra(task, name, train, seed=0):
+    """Run directory `name` beside the cached quick pipeline of `task`, made once by `train(run_dir)`.
+
+    For runs outside the pipeline's stages (Safe RLHF's cost model, pairwise PPO, ...) that tests
+    and notebooks share: same cache folder (so a code change retrains them too), a lock of
+    their own. `train` may call `quick_run` and `quick_extra` for the runs it starts from.
+    """
+    run_dir = quick_run(task, "pretrain", seed).parent / name
+    with open(run_dir.parent.parent / f".lock-{task}-seed{seed}-{name}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_complete(run_dir):
+            train(run_dir)
+    return run_dir
 
 
 def source_hash():

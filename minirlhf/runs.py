@@ -267,14 +267,13 @@ def check_finite(step, loss=None, params=()):
 
 def plot_curves(rows, keys, path, title):
     """One panel per metric key, value against step, saved as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure   # no pyplot: a notebook's plotting backend stays as it is
 
     keys = [k for k in keys if any(k in row for row in rows)]
     if not keys:
         return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    fig = Figure(figsize=(4 * len(keys), 3.2))
+    axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, key in zip(axes[0], keys):
         points = [(row["step"], row[key]) for row in rows if key in row]
         ax.plot(*zip(*points), marker="." if len(points) < 30 else None)
@@ -284,5 +283,4 @@ def plot_curves(rows, keys, path, title):
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)

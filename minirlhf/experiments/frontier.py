@@ -111,11 +111,10 @@ def envelope(results):
 
 
 def plot(results, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure   # no pyplot: a notebook's plotting backend stays as it is
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     styles = {"ppo": ("PPO (KL coef {kl_coef})", "o-", "kl_coef"), "dpo": ("DPO (β {beta})", "s-", "beta"),
               "best_of_n": ("best-of-n at the KL bound log n − (n−1)/n", "^--", "n")}
     for method, (label, style, knob) in styles.items():
@@ -134,7 +133,6 @@ def plot(results, path):
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def table(results):

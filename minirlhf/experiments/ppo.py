@@ -133,14 +133,12 @@ def smooth(values, width=5):
 
 
 def _figure(ncols, width=5.0):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, 3.8), squeeze=False)
-    return plt, fig, axes[0]
+    from matplotlib.figure import Figure   # no pyplot: a notebook's plotting backend stays as it is
+    fig = Figure(figsize=(width * ncols, 3.8))
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
-def _save(plt, fig, path, title, axes, xlabel, ylabels):
+def _save(fig, path, title, axes, xlabel, ylabels):
     """Label every panel, title the figure, write it."""
     for ax, ylabel in zip(axes, ylabels):
         ax.set_xlabel(xlabel)
@@ -151,48 +149,47 @@ def _save(plt, fig, path, title, axes, xlabel, ylabels):
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_kl(curves, path):
     """RM score and gold reward against KL to the SFT model, along training, with and without the KL term."""
-    plt, fig, axes = _figure(2)
+    fig, axes = _figure(2)
     for name, label in (("ppo", "KL penalty (default β)"), ("no-kl", "no KL penalty (β = 0)")):
         kl = smooth([r["kl_k1"] for r in curves[name]])
         axes[0].plot(kl, smooth([r["rm_score"] for r in curves[name]]), label=label)
         axes[1].plot(kl, smooth([r["gold"] for r in curves[name]]), label=label)
-    _save(plt, fig, path, "the KL term: proxy and gold along training (5-step moving averages of rollout batches)",
+    _save(fig, path, "the KL term: proxy and gold along training (5-step moving averages of rollout batches)",
           axes, "KL(π ‖ π_SFT), nats per response", ["reward-model score (proxy)", "gold reward (the hidden human)"])
 
 
 def plot_ptx(curves, results, path):
     """Held-out pretraining loss and gold reward along training, with and without PPO-ptx."""
-    plt, fig, axes = _figure(2)
+    fig, axes = _figure(2)
     for name, label in (("ppo", f"ptx_coef = {results['config']['ptx_coef']:g}"), ("no-ptx", "ptx_coef = 0")):
         steps = [r["step"] for r in curves[name]]
         axes[0].plot(steps, [r["heldout_ptx_loss"] for r in curves[name]], label=label)
         axes[1].plot(steps, smooth([r["gold"] for r in curves[name]]), label=label)
     axes[0].axhline(results["runs"]["ppo"]["heldout_ptx_loss_before"], color="gray", ls="--", label="SFT model")
-    _save(plt, fig, path, "PPO-ptx: the alignment tax on held-out web text", axes, "PPO step",
+    _save(fig, path, "PPO-ptx: the alignment tax on held-out web text", axes, "PPO step",
           ["held-out pretraining loss (nats/token)", "gold reward of rollouts (5-step mean)"])
 
 
 def plot_adaptive(rows, target, path):
     """Measured KL against the target band, and β, along the adaptive run."""
-    plt, fig, axes = _figure(2)
+    fig, axes = _figure(2)
     steps = [r["step"] for r in rows]
     axes[0].plot(steps, [r["kl_k1"] for r in rows], label="KL (k1) of each rollout batch")
     axes[0].axhline(target, color="k", lw=1, label="target")
     axes[0].axhspan(0.5 * target, 1.5 * target, color="green", alpha=0.12, label="target ± 50%")
     axes[0].axvline(steps[len(steps) // 2], color="gray", ls=":", label="second half starts")
     axes[1].plot(steps, [r["kl_coef"] for r in rows])
-    _save(plt, fig, path, "adaptive KL controller (Ziegler et al. 2019)", axes, "PPO step",
+    _save(fig, path, "adaptive KL controller (Ziegler et al. 2019)", axes, "PPO step",
           ["KL(π ‖ π_SFT), nats per response", "β (kl_coef)"])
 
 
 def plot_policies(results, path):
     """Gold reward (± CI) of SFT, the 4× SFT model and the PPO variants on the same held-out prompts."""
-    plt, fig, (ax,) = _figure(1, width=7.0)
+    fig, (ax,) = _figure(1, width=7.0)
     four = results["vs_4x_sft"]
     bars = [("SFT", results["sft"]["gold_reward"], results["sft"]["gold_reward_ci95"]),
             ("SFT 4×", four["big_gold_reward"], four["big_gold_reward_ci95"])]
@@ -200,7 +197,7 @@ def plot_policies(results, path):
              for name, r in results["runs"].items()]
     ax.bar([b[0] for b in bars], [b[1] for b in bars], yerr=[b[2] for b in bars], capsize=3,
            color=["gray", "silver"] + ["tab:blue"] * (len(bars) - 2))
-    _save(plt, fig, path, f"{results['task']}: {results['eval_prompts']} held-out prompts, one sample each", [ax], "",
+    _save(fig, path, f"{results['task']}: {results['eval_prompts']} held-out prompts, one sample each", [ax], "",
           ["gold reward on held-out prompts (± 95% CI)"])
 
 
