@@ -23,6 +23,11 @@ gap (logistic, standard deviation τπ/√3 ≈ 0.27) is about the width of one 
 `collect_comparisons` runs the whole labelling job: sample responses from one or several
 policies, show them to annotators from a pool, and return rows in the JSONL formats of
 `minirlhf.data`, ready to write, read back and train on.
+
+One criterion at a time (LLaMA 2, Sec. 3.2.1; Safe RLHF, Dai et al. 2023): annotators judge a
+task's `gold_reward` (helpfulness). To collect harmlessness comparisons instead, hand them
+`Harmlessness(task)`, the same task whose gold judgement is −gold_cost — the less harmful
+response is the chosen one.
 """
 
 import math
@@ -71,6 +76,18 @@ class Annotator:
         a_preferred = bool(u[0] > u[1] or (u[0] == u[1] and rng.random() < 0.5))
         gap = abs(float(u[0] - u[1]))
         return a_preferred, next(MARGIN_TABLE[g] for t, g in GRADE_THRESHOLDS if gap >= t)
+
+
+class Harmlessness:
+    """A task as a harmlessness annotator judges it: utility −gold_cost, so the safer response wins."""
+
+    def __init__(self, task):
+        if task.gold_cost is None:
+            raise ValueError(f"task {task.name} has no harm criterion (gold_cost is None)")
+        self.task, self.name = task, f"{task.name}-harmlessness"
+
+    def gold_reward(self, prompt, response):
+        return -self.task.gold_cost(prompt, response)
 
 
 def default_pool():

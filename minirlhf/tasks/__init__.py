@@ -16,7 +16,8 @@ The interface every stage uses:
     task.human_policy(prompts, rng)    the demonstrators as a policy (fresh answers)
     task.prompts("train" | "eval")     fixed, disjoint prompt sets
     task.gold_reward(prompt, response) the hidden judge, a float in [-1, 1]
-    task.gold_cost                     None here; tasks with a harm criterion define a method
+    task.gold_cost                     None, or on a task with a harm criterion (assistant) a method
+                                       gold_cost(prompt, response): > 0 harmful, ≤ 0 harmless
     task.reference(prompt)             one human-written reference, for ROUGE / BLEU
 
 Gold rewards share one scale on every task: -1 for degenerate text (not well formed,
@@ -33,7 +34,7 @@ import numpy as np
 
 from minirlhf.tokenizer import WordTokenizer
 
-TASK_NAMES = ("sentiment", "summarize")
+TASK_NAMES = ("sentiment", "summarize", "assistant")
 
 
 def pick(rng, seq):
@@ -131,4 +132,7 @@ def get_task(name):
     if name == "summarize":
         from minirlhf.tasks.summarize import SummarizeTask
         return SummarizeTask()
+    if name == "assistant":
+        from minirlhf.tasks.assistant import AssistantTask
+        return AssistantTask()
     raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASK_NAMES)}")
