@@ -142,3 +142,13 @@ def load_rl_runs(init, **scorers):
         if scorer_tokenizer.itos != tokenizer.itos:
             raise ValueError(f"the {name} model {run_dir} and the policy {init} have different vocabularies")
     return policy, load_run(init)[0], tokenizer, get_task(init_config["task"]), models
+
+
+def minibatches(n, minibatch_size, epochs, rng):
+    """Index arrays of `epochs` passes over n items in shuffled minibatches (a fresh permutation each pass).
+
+    A generator: each pass draws its permutation from `rng` when it starts, so any other use of
+    `rng` inside the loop keeps its place in the random stream.
+    """
+    for _ in range(epochs):
+        yield from np.split(rng.permutation(n), n // minibatch_size)

@@ -219,15 +219,17 @@ def test_short_run_raises_rm_score_and_starts_every_update_at_ratio_one(tmp_path
     def spy(logprobs, old_logprobs, *args):
         loss, stats = real_loss(logprobs, old_logprobs, *args)
         if spy.calls % 4 == 0:                     # 2 epochs × 2 minibatches per rollout
-            first_minibatch.append((np.array_equal(logprobs.data, old_logprobs), stats))
+            first_minibatch.append((np.abs(logprobs.data - old_logprobs).max(), stats))
         spy.calls += 1
         return loss, stats
     spy.calls = 0
     monkeypatch.setattr(stage, "ppo_policy_loss", spy)
     run_dir = ppo(PPOConfig(**{**TINY, "steps": 12}), init=init, reward=reward, out=tmp_path / "ppo", quiet=True)
-    # the first minibatch after each rollout: ratio exactly 1, nothing clipped, no KL to π_old
+    # the first minibatch after each rollout: ratio 1 (to float32 rounding: the minibatch's forward pass
+    # runs BLAS on fewer rows than the rollout's), nothing clipped, no KL to π_old
     assert len(first_minibatch) == 12
-    assert all(same and stats["clipfrac"] == 0.0 and stats["approx_kl"] == 0.0 for same, stats in first_minibatch)
+    assert all(gap < 1e-5 and stats["clipfrac"] == 0.0 and stats["approx_kl"] < 1e-10
+               for gap, stats in first_minibatch), first_minibatch
     rm = [row["rm_score"] for row in read_metrics(run_dir)]
     assert np.mean(rm[-3:]) > np.mean(rm[:3]) + 0.3, rm
     for name in ("model.npz", "value_model.npz", "value_model.json", "curves.png", "diagnostics.png", "summary.json"):
