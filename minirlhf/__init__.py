@@ -9,7 +9,7 @@ from minirlhf.sampling import ModelPolicy, Rollout, generate, sequence_logprobs
 from minirlhf.tokenizer import CharTokenizer, WordTokenizer, load_tokenizer
 from minirlhf.data import collate, encode_pair, encode_prompt
 from minirlhf.tasks import Task, get_task
-from minirlhf.annotators import MARGIN_TABLE, Annotator, collect_comparisons
+from minirlhf.annotators import MARGIN_TABLE, Annotator, Harmlessness, collect_comparisons
 from minirlhf.metrics import (agreement, bleu, distinct_n, evaluate, kl_estimates, rouge_l, rouge_n,
                               win_rate)
 
@@ -21,6 +21,10 @@ from minirlhf.ppo import (AdaptiveKLController, PPOConfig, compute_gae, kl_penal
                           ppo_value_loss)
 from minirlhf.dpo import DPOConfig, dpo_loss
 from minirlhf.best_of_n import BestOfN, kl_bound
+from minirlhf.rlaif import RLAIFConfig, ai_preferences
+from minirlhf.safe_rlhf import (CostModelConfig, SafeRLHFConfig, cost_model_loss, lagrangian_advantages,
+                                update_log_lambda)
+from minirlhf.pairwise_ppo import PairwisePPOConfig, p3o_loss, pair_differences
 
 # --- the way out to PyTorch (issue 11)
 from minirlhf.export import export_hf

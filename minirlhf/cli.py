@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import add_config_flags, config_from_args
+from .config import add_config_flags, config_from_args, given_values
 
 
 def main(argv=None):
@@ -192,6 +192,116 @@ def run_sample(args):
             print(f"{prompt} | {response}{gold}")
 
 
+def add_rlaif(sub):
+    from .rlaif import RLAIFConfig
+    add_config_flags(sub, RLAIFConfig)
+    sub.add_argument("--init", required=True, help="SFT run whose responses are labelled")
+    sub.add_argument("--labeler", required=True, help="the AI labeler: a scoring-model run, e.g. a reward model "
+                                                      "trained on a small human set (minirlhf reward --comparisons 200)")
+    sub.add_argument("--out", default=None, help="folder to write (default: runs/rlaif-<timestamp>)")
+    sub.set_defaults(command=run_rlaif)
+
+
+def run_rlaif(args):
+    from .rlaif import RLAIFConfig, rlaif
+    config = config_from_args(RLAIFConfig, args)
+    return rlaif(config, init=require_run_dir(args.init), labeler=require_run_dir(args.labeler, "--labeler"),
+                 out=args.out)
+
+
+def add_cost_model(sub):
+    from .safe_rlhf import CostModelConfig
+    add_config_flags(sub, CostModelConfig)
+    sub.add_argument("--init", required=True, help="SFT run on a task with a harm criterion (assistant)")
+    sub.add_argument("--out", default=None, help="run directory to write (default: runs/cost-<timestamp>)")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
+    sub.set_defaults(command=run_cost_model)
+
+
+def run_cost_model(args):
+    from .safe_rlhf import CostModelConfig, cost_model
+    config = config_from_args(CostModelConfig, args)
+    return cost_model(config, init=require_run_dir(args.init), out=args.out, quiet=args.quiet)
+
+
+def add_safe_rlhf(sub):
+    from .safe_rlhf import SafeRLHFConfig
+    add_config_flags(sub, SafeRLHFConfig)
+    add_run_flags(sub)
+    sub.add_argument("--reward", required=True, help="run directory of the helpfulness reward model (minirlhf reward)")
+    sub.add_argument("--cost", required=True, help="run directory of the cost model (minirlhf cost-model)")
+    sub.set_defaults(command=run_safe_rlhf)
+
+
+def run_safe_rlhf(args):
+    from .safe_rlhf import SafeRLHFConfig, safe_rlhf
+    require_resumable(args)
+    config = config_from_args(SafeRLHFConfig, args)
+    return safe_rlhf(config, init=require_run_dir(args.init), reward=require_run_dir(args.reward, "--reward"),
+                     cost=require_run_dir(args.cost, "--cost"), out=args.out, resume=args.resume, quiet=args.quiet)
+
+
+def add_pairwise_ppo(sub):
+    from .pairwise_ppo import PairwisePPOConfig
+    add_config_flags(sub, PairwisePPOConfig)
+    add_run_flags(sub)
+    sub.add_argument("--reward", required=True, help="run directory of the reward model (minirlhf reward)")
+    sub.set_defaults(command=run_pairwise_ppo)
+
+
+def run_pairwise_ppo(args):
+    from .pairwise_ppo import PairwisePPOConfig, pairwise_ppo
+    require_resumable(args)
+    config = config_from_args(PairwisePPOConfig, args)
+    return pairwise_ppo(config, init=require_run_dir(args.init), reward=require_run_dir(args.reward, "--reward"),
+                        out=args.out, resume=args.resume, quiet=args.quiet)
+
+
+def add_rejection_sampling(sub):
+    from .rejection_sampling import RejectionSamplingConfig
+    add_config_flags(sub, RejectionSamplingConfig)
+    add_run_flags(sub)
+    sub.add_argument("--reward", required=True, help="run directory of the reward model that picks the best of n")
+    sub.set_defaults(command=run_rejection_sampling)
+
+
+def run_rejection_sampling(args):
+    from .rejection_sampling import RejectionSamplingConfig, rejection_sampling
+    require_resumable(args)
+    config = config_from_args(RejectionSamplingConfig, args)
+    return rejection_sampling(config, init=require_run_dir(args.init), reward=require_run_dir(args.reward, "--reward"),
+                              out=args.out, resume=args.resume, quiet=args.quiet)
+
+
+def add_rounds(sub):
+    from .ppo import PPOConfig
+    from .rejection_sampling import RejectionSamplingConfig
+    from .reward import RewardConfig
+    from .rounds import RoundsConfig
+    add_config_flags(sub, RoundsConfig, skip=("reward", "rs", "ppo"))
+    # each round's stages: --reward.steps, --rs.n, --ppo.kl-coef, ... (seeded by the round)
+    add_config_flags(sub, RewardConfig, prefix="reward", skip=("seed", "comparisons", "heldout_comparisons", "temperature"))
+    add_config_flags(sub, RejectionSamplingConfig, prefix="rs", skip=("seed",))
+    add_config_flags(sub, PPOConfig, prefix="ppo", skip=("seed",))
+    add_run_flags(sub)
+    sub.add_argument("--reward", required=True, help="run directory of the first reward model; its "
+                                                     "comparisons.jsonl starts the growing comparison data")
+    sub.set_defaults(command=run_rounds)
+
+
+def run_rounds(args):
+    from .ppo import PPOConfig
+    from .rejection_sampling import RejectionSamplingConfig
+    from .reward import RewardConfig
+    from .rounds import RoundsConfig, rounds
+    require_resumable(args)
+    config = config_from_args(RoundsConfig, args, reward=config_from_args(RewardConfig, args, "reward"),
+                              rs=config_from_args(RejectionSamplingConfig, args, "rs"),
+                              ppo=config_from_args(PPOConfig, args, "ppo"))
+    return rounds(config, init=require_run_dir(args.init), reward=require_run_dir(args.reward, "--reward"),
+                  out=args.out, resume=args.resume, quiet=args.quiet)
+
+
 def add_export(sub):
     sub.add_argument("--ckpt", required=True, help="run directory of any stage holding a GPT (or a scalar-head model)")
     sub.add_argument("--out", required=True, help="folder to write the Hugging Face checkpoint into")
@@ -247,7 +357,43 @@ def run_experiment(args):
     return importlib.import_module(f"{experiments.__name__}.{args.name.replace('-', '_')}").main(args.args)
 
 
+def add_pipeline(sub):
+    from .pipeline import PipelineConfig, STAGE_CONFIGS
+    from .tasks import TASK_NAMES
+    sub.add_argument("--task", default="sentiment", help=f"built-in toy task ({', '.join(TASK_NAMES)})")
+    sub.add_argument("--quick", action="store_true", help="small settings for a first look (about a minute)")
+    sub.add_argument("--seed", type=int, default=0, help="seeds every stage")
+    sub.add_argument("--out", default=None, help="pipeline directory (default: runs/pipeline-<timestamp>); "
+                                                 "re-running with the same --out resumes, skipping finished stages")
+    sub.add_argument("--config", default=None, help="JSON file of settings, {stage: {field: value}} "
+                                                    "(\"pipeline\" for the report's fields); flags override it")
+    sub.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_flags(sub, PipelineConfig, "pipeline", skip=("task", "seed", "quick", *STAGE_CONFIGS),
+                     only_given=True)
+    for stage, config_class in STAGE_CONFIGS.items():
+        add_config_flags(sub, config_class, stage, skip=("task", "seed"), only_given=True)
+    sub.set_defaults(command=run_pipeline)
+
+
+def run_pipeline(args):
+    import json
+    from .pipeline import PipelineConfig, STAGE_CONFIGS, make_config, run
+    overrides = {}
+    if args.config:
+        with open(args.config, encoding="utf-8") as f:
+            overrides = json.load(f)
+        unknown = set(overrides) - {"pipeline", *STAGE_CONFIGS}
+        if unknown:
+            raise ValueError(f"--config {args.config}: unknown sections {sorted(unknown)}; "
+                             f"allowed: pipeline, {', '.join(STAGE_CONFIGS)}")
+    for stage, config_class in {"pipeline": PipelineConfig, **STAGE_CONFIGS}.items():
+        overrides[stage] = {**overrides.get(stage, {}), **given_values(config_class, args, stage)}
+    config = make_config(args.task, args.seed, args.quick, overrides)
+    return run(config, out=args.out, quiet=args.quiet)["out"]
+
+
 COMMANDS = [
+    ("pipeline", add_pipeline, "the main job: the whole recipe on a toy task, ending in report.md"),
     ("pretrain", add_pretrain, "stage 1: next-token pretraining on the task's web-like corpus"),
     ("sft", add_sft, "stage 2: supervised fine-tuning on demonstrations"),
     ("annotate", add_annotate, "be the human: label pairs of responses in the terminal, for reward --data and dpo --data"),
@@ -256,5 +402,11 @@ COMMANDS = [
     ("experiment", add_experiment, "run a measured experiment that writes its plots and numbers into docs/"),
     ("ppo", add_ppo, "stage 3: PPO against a reward model, with a per-token KL penalty and PPO-ptx"),
     ("dpo", add_dpo, "direct preference optimisation of an SFT model on comparisons"),
+    ("rlaif", add_rlaif, "RLAIF: an AI labeler (a scorer trained on few human labels) labels many comparisons"),
+    ("cost-model", add_cost_model, "Safe RLHF's cost model: harm learnt from harmlessness comparisons, > 0 = harmful"),
+    ("safe-rlhf", add_safe_rlhf, "Safe RLHF: PPO-Lagrangian, helpfulness reward subject to a budget on the cost"),
+    ("pairwise-ppo", add_pairwise_ppo, "Pairwise PPO (P3O): clipped policy gradient on reward differences of two responses"),
+    ("rejection-sampling", add_rejection_sampling, "fine-tune a policy on its own best-of-n responses under a reward model"),
+    ("rounds", add_rounds, "iterated RLHF: fresh comparisons of the current policy, a retrained RM, RS and/or PPO, per round"),
     ("export", add_export, "write a run's model as a Hugging Face GPT-2 checkpoint folder (for PyTorch/TRL)"),
 ]

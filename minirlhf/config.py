@@ -46,10 +46,12 @@ def field_comments(config_class):
     return comments
 
 
-def add_config_flags(parser, config_class, prefix="", skip=()):
+def add_config_flags(parser, config_class, prefix="", skip=(), only_given=False):
     """One flag per field: `--field-name` (or `--prefix.field-name`), default and help from the class.
 
-    Use with `argparse.ArgumentDefaultsHelpFormatter` so `--help` shows each default.
+    Use with `argparse.ArgumentDefaultsHelpFormatter` so `--help` shows each default. With
+    `only_given`, a flag left out sets nothing (`given_values` then lists just the flags typed),
+    so it can override settings that come from elsewhere (the --quick settings, a config file).
     """
     comments = field_comments(config_class)
     for field in dataclasses.fields(config_class):
@@ -57,15 +59,22 @@ def add_config_flags(parser, config_class, prefix="", skip=()):
             continue
         flag = "--" + (f"{prefix}." if prefix else "") + field.name.replace("_", "-")
         default = field.default
-        help_text = comments.get(field.name, "")
+        help_text = comments.get(field.name, "") + (f" (default: {default!r})" if only_given else "")
         dest = f"{prefix}.{field.name}" if prefix else field.name
+        parser_default = argparse.SUPPRESS if only_given else default
         if isinstance(default, bool):
-            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default,
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=parser_default,
                                 help=help_text)
         else:
             kind = type(default) if default is not None else str
-            parser.add_argument(flag, dest=dest, type=kind, default=default, help=help_text,
+            parser.add_argument(flag, dest=dest, type=kind, default=parser_default, help=help_text,
                                 metavar=field.name.upper())
+
+
+def given_values(config_class, args, prefix):
+    """{field: value} of the `--prefix.field` flags that were given (see `only_given`)."""
+    return {field.name: getattr(args, f"{prefix}.{field.name}") for field in dataclasses.fields(config_class)
+            if hasattr(args, f"{prefix}.{field.name}")}
 
 
 def config_from_args(config_class, args, prefix="", **overrides):

@@ -1,11 +1,13 @@
 """The main job: the whole RLHF recipe on a built-in toy task, one stage after another.
 
-    pretrain → SFT → (comparisons by simulated annotators → reward model → PPO, DPO, best-of-n)
+    pretrain → SFT → comparisons by simulated annotators → reward model → DPO, PPO
+            → report: every policy (and best-of-n from SFT) judged on held-out prompts
 
 Each stage writes its own run directory `<out>/<stage>`; a stage whose directory is complete
 (has its summary.json) is skipped, and one with a checkpoint resumes from it, so re-running an
-interrupted pipeline continues where it stopped. `run(config)` is the Python entry point;
-`minirlhf pipeline` the command line.
+interrupted pipeline continues where it stopped. The last step writes `report.md`,
+`results.json` and plots into `<out>` (`minirlhf.report`); `timings.json` keeps each stage's wall
+time. `run(config)` is the Python entry point; `minirlhf pipeline` the command line.
 
 `quick_run(task, stage)` is the shared cache of tiny trained runs that tests and notebooks use:
 it runs the `quick` pipeline once per machine (per task, seed and version of the code) up to the
@@ -22,12 +24,15 @@ from .config import check_range
 from .dpo import DPOConfig, dpo
 from .ppo import PPOConfig, ppo
 from .pretrain import PretrainConfig, pretrain
+from .report import write_report
 from .reward import RewardConfig, reward
-from .runs import is_complete, new_run_dir, write_json
+from .runs import is_complete, new_run_dir, read_json, write_json
 from .sft import SFTConfig, sft
 from .tasks import get_task
 
-STAGES = ("pretrain", "sft", "reward", "dpo", "ppo")
+STAGES = ("pretrain", "sft", "reward", "dpo", "ppo", "report")
+STAGE_CONFIGS = {"pretrain": PretrainConfig, "sft": SFTConfig, "reward": RewardConfig, "dpo": DPOConfig,
+                 "ppo": PPOConfig}
 
 
 @dataclasses.dataclass
@@ -35,6 +40,8 @@ class PipelineConfig:
     task: str = "sentiment"     # built-in toy task (sentiment or summarize)
     seed: int = 0               # seeds every stage
     quick: bool = False         # small settings for tests and a first look (≤ 90 s)
+    eval_prompts: int = 500     # held-out prompts every policy answers in the report (≥ 1)
+    best_of_n: int = 16         # n of the best-of-n policy in the report's table (≥ 1)
     pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
@@ -44,6 +51,8 @@ class PipelineConfig:
     def __post_init__(self):
         get_task(self.task)  # an unknown task name stops here, with the list of known ones
         check_range(self, "seed", 0, None)
+        check_range(self, "eval_prompts", 1, len(get_task(self.task).prompts("eval")))
+        check_range(self, "best_of_n", 1, 256)
 
 
 # Settings of the --quick pipeline: the same recipe, a fraction of the steps.
@@ -54,30 +63,32 @@ QUICK = {
                "normalize_samples": 200},
     "dpo": {"steps": 60, "eval_every": 20, "beta": 0.5, "lr": 3e-4},
     "ppo": {"steps": 25, "lr": 1e-3, "checkpoint_every": 25},
+    "pipeline": {"eval_prompts": 100, "best_of_n": 8},
 }
 
 
 def make_config(task="sentiment", seed=0, quick=False, overrides=None):
     """A PipelineConfig from the defaults, the quick settings if asked, then `overrides`.
 
-    overrides: {stage: {field: value}}, e.g. {"ppo": {"steps": 200}}. Every stage gets the seed
-    and the pretraining stage the task.
+    overrides: {stage: {field: value}}, e.g. {"ppo": {"steps": 200}}, and {"pipeline": {...}} for
+    the report's own fields. Every stage gets the seed and the pretraining stage the task.
     """
     stage_configs = {}
-    for stage, config_class in (("pretrain", PretrainConfig), ("sft", SFTConfig), ("reward", RewardConfig),
-                                ("dpo", DPOConfig), ("ppo", PPOConfig)):
+    for stage, config_class in STAGE_CONFIGS.items():
         values = {"seed": seed, **(QUICK[stage] if quick else {}), **(overrides or {}).get(stage, {})}
         if stage == "pretrain":
             values["task"] = task
         stage_configs[stage] = config_class(**values)
-    return PipelineConfig(task=task, seed=seed, quick=quick, **stage_configs)
+    report = {**(QUICK["pipeline"] if quick else {}), **(overrides or {}).get("pipeline", {})}
+    return PipelineConfig(task=task, seed=seed, quick=quick, **report, **stage_configs)
 
 
 def run(config, out=None, quiet=False, until=None):
     """Run the pipeline (up to and including stage `until`); returns {stage: run_dir, 'out': dir}."""
     out = new_run_dir("pipeline", out)
     write_json(out / "pipeline_config.json", dataclasses.asdict(config))
-    dirs, seconds = {"out": out}, {}
+    dirs = {"out": out}
+    seconds = read_json(out / "timings.json") if (out / "timings.json").is_file() else {}
 
     def stage(name, train):
         run_dir = out / name
@@ -88,6 +99,7 @@ def run(config, out=None, quiet=False, until=None):
             started = time.time()
             train(run_dir, resume)
             seconds[name] = time.time() - started
+            write_json(out / "timings.json", seconds)
         dirs[name] = run_dir
         return until == name
 
@@ -104,6 +116,15 @@ def run(config, out=None, quiet=False, until=None):
     if stage("ppo", lambda d, r: ppo(config.ppo, init=dirs["sft"], reward=dirs["reward"], out=d, resume=r,
                                      quiet=quiet)):
         return dirs
+    if not (out / "results.json").is_file():
+        if not quiet:
+            print("== report: every policy on held-out prompts", flush=True)
+        write_report(out, {k: v for k, v in dirs.items() if k != "out"}, config.task, seconds=seconds,
+                     n_prompts=config.eval_prompts, best_of=config.best_of_n, seed=config.seed)
+    dirs["report"] = out
+    if not quiet:
+        print("\n".join(f"{name:>10}: {s:6.0f} s" for name, s in read_json(out / "results.json")["seconds"].items()))
+        print(f"report: {out / 'report.md'}")
     return dirs
 
 
@@ -125,7 +146,7 @@ def quick_run(task="sentiment", stage="sft", seed=0):
     with open(root / f".lock-{task}-seed{seed}", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         run(make_config(task, seed, quick=True), out=out, quiet=True, until=stage)
-    return out / stage
+    return out if stage == "report" else out / stage
 
 
 def quick_extra(task, name, train, seed=0):
