@@ -68,6 +68,14 @@ def _broadcast(op, f, a, b):
         raise ValueError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast") from None
 
 
+def _shape_op(op, request, f, x):
+    """f(x.data) for a shape op or reduction, with an error naming the op, the request and x's shape."""
+    try:
+        return f(x.data)
+    except ValueError:   # NumPy's AxisError (an axis out of range) is a ValueError too
+        raise ValueError(f"{op}({request}) does not fit an input of shape {x.shape}") from None
+
+
 def _expand(g, axis, keepdims):
     """Put back the axes a reduction removed, so `g` broadcasts against the input."""
     return g if keepdims or axis is None else np.expand_dims(g, axis)
@@ -185,16 +193,21 @@ class Tensor:
 
     # ----- reductions -----
     def sum(self, axis=None, keepdims=False):
-        def backward(g):
-            return (np.broadcast_to(_expand(g, axis, keepdims), self.shape),)
-        return Tensor.from_op(self.data.sum(axis=axis, keepdims=keepdims), (self,), backward, "sum")
+        return self._sum(axis, keepdims, "sum")
 
     def mean(self, axis=None, keepdims=False):
-        total = self.sum(axis=axis, keepdims=keepdims)
+        total = self._sum(axis, keepdims, "mean")
         return total * (total.size / max(self.size, 1))  # × 1/n, n = elements averaged
 
+    def _sum(self, axis, keepdims, op):
+        """The sum behind `sum` and `mean`; `op` names the caller in a bad-axis error."""
+        def backward(g):
+            return (np.broadcast_to(_expand(g, axis, keepdims), self.shape),)
+        data = _shape_op(op, f"axis={axis}", lambda x: x.sum(axis=axis, keepdims=keepdims), self)
+        return Tensor.from_op(data, (self,), backward, "sum")
+
     def max(self, axis=None, keepdims=False):
-        top = self.data.max(axis=axis, keepdims=True)
+        top = _shape_op("max", f"axis={axis}", lambda x: x.max(axis=axis, keepdims=True), self)
         def backward(g):
             # the gradient goes to the maximum; ties share it equally
             hit = self.data == top
@@ -204,15 +217,18 @@ class Tensor:
 
     # ----- shape ops -----
     def reshape(self, *shape):
-        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        return Tensor.from_op(self.data.reshape(shape), (self,), lambda g: (g.reshape(self.shape),), "reshape")
+        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        data = _shape_op("reshape", f"shape={shape}", lambda x: x.reshape(shape), self)
+        return Tensor.from_op(data, (self,), lambda g: (g.reshape(self.shape),), "reshape")
 
     def transpose(self, *axes):
         axes = tuple(axes[0]) if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
         axes = axes or tuple(reversed(range(self.ndim)))
+        data = _shape_op("transpose", f"axes={axes}", lambda x: x.transpose(axes), self)
         def backward(g):
-            return (g.transpose(np.argsort(axes)),)
-        return Tensor.from_op(self.data.transpose(axes), (self,), backward, "transpose")
+            # the inverse permutation, of the axes counted from 0 (a negative axis counts from the end)
+            return (g.transpose(np.argsort([a % self.ndim for a in axes])),)
+        return Tensor.from_op(data, (self,), backward, "transpose")
 
     def __getitem__(self, index):
         index = tuple(i.data if isinstance(i, Tensor) else i for i in index) if isinstance(index, tuple) \

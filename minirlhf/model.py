@@ -175,8 +175,13 @@ class ScalarHeadModel(Module):
         self.score = Linear(config.n_embd, 1, rng)
 
     @classmethod
-    def from_lm(cls, lm, rng):
-        """A scalar-head model whose body is a copy of language model `lm`'s (the head is new)."""
+    def from_lm(cls, lm, rng=None):
+        """A scalar-head model whose body is a copy of language model `lm`'s (the head is new).
+
+        `rng` initialises the new head; the default, `np.random.default_rng(0)`, makes
+        `from_lm(lm)` give the same head every time.
+        """
+        rng = np.random.default_rng(0) if rng is None else rng
         model = cls(lm.config, rng).astype(lm.transformer.wte.weight.dtype)
         model.transformer.load_state_dict(lm.transformer.state_dict())
         return model

@@ -9,8 +9,9 @@ Layers: `Linear` (weight stored (C_in, C_out), as GPT-2's Conv1D), `Embedding`, 
 `np.random.Generator`).
 
 Checkpoint files are `.npz` archives of a flat dict name -> array (model, optimizer or RNG state
-alike), written atomically (temp file in the same folder + `os.replace`, so a crash never leaves a
-half-written checkpoint) and read with `allow_pickle=False` (a checkpoint cannot run code).
+alike; `module.save(path)` / `module.load(path)` for a module's own state dict), written
+atomically (temp file in the same folder + `os.replace`, so a crash never leaves a half-written
+checkpoint) and read with `allow_pickle=False` (a checkpoint cannot run code).
 
 Simplification: a parameter shared by two attributes is listed twice; GPT ties its LM head by
 using `wte.weight` directly instead.
@@ -79,6 +80,15 @@ class Module:
         for name, p in params.items():
             if name in state:
                 p.data = np.array(state[name], dtype=p.dtype)
+
+    def save(self, path):
+        """Write `state_dict()` to a checkpoint file (.npz, atomically): `save_state_dict`."""
+        save_state_dict(path, self.state_dict())
+
+    def load(self, path, strict=True):
+        """Load a checkpoint file written by `save` into the parameters (see `load_state_dict`); returns self."""
+        self.load_state_dict(load_state_dict_file(path), strict=strict)
+        return self
 
     def astype(self, dtype):
         """Cast every parameter (e.g. to float64 for gradient checks); returns self."""

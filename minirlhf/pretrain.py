@@ -31,13 +31,13 @@ from .optim import AdamW, cosine_schedule, decay_groups
 from .runs import (MetricsLog, StopOnInterrupt, end_of_step, load_checkpoint, new_run_dir, plot_curves, progress,
                    read_metrics, save_run, training_step, write_summary)
 from .sampling import ModelPolicy
-from .tasks import get_task
+from .tasks import TASK_NAMES, get_task
 from .tokenizer import WordTokenizer
 
 
 @dataclasses.dataclass
 class PretrainConfig:
-    task: str = "sentiment"     # built-in toy task whose web-like corpus is used (see `minirlhf.tasks`)
+    task: str = "sentiment"     # built-in toy task whose web-like corpus is used; may be None or "" with data=
     steps: int = 1500           # optimizer steps (≥ 1)
     batch_size: int = 32        # windows per step (≥ 1)
     n_layer: int = 2            # transformer blocks
@@ -56,9 +56,12 @@ class PretrainConfig:
     eval_batches: int = 8       # held-out windows evaluated = eval_batches × batch_size (≥ 1)
     sample_every: int = 500     # steps between printed samples (0 = never)
     checkpoint_every: int = 100  # steps between checkpoints (≥ 1)
-    seed: int = 0               # seeds the corpus, the init and the batches
+    seed: int = 0               # seeds the corpus, the init and the batches (≥ 0)
 
     def __post_init__(self):
+        if self.task and self.task not in TASK_NAMES:
+            raise ValueError(f"PretrainConfig.task: unknown task {self.task!r}; choose one of {', '.join(TASK_NAMES)}")
+        check_range(self, "seed", 0, None)
         check_positive(self, "steps", "batch_size", "n_layer", "n_head", "n_embd", "eval_every",
                        "eval_batches", "checkpoint_every")
         check_range(self, "block_size", 0, None)
@@ -77,6 +80,8 @@ def pretrain(config, *, out=None, data=None, resume=False, quiet=False):
     """Run stage 1 and return its run directory (see `minirlhf.runs` for the layout)."""
     rng = np.random.default_rng(config.seed)
     if data is None:
+        if not config.task:
+            raise ValueError("PretrainConfig.task is empty: name a built-in task or give your own corpus (data=)")
         task = get_task(config.task)
         tokenizer = task.tokenizer
         documents = task.pretraining_corpus(rng, config.n_documents or None)

@@ -89,11 +89,12 @@ def sft(config, *, init, out=None, data=None, demonstrations=None, resume=False,
     if len(train) < 1:
         raise ValueError(f"SFT needs at least 2 demonstrations, got {len(examples)}")
 
+    # "before" is the init model's, so it is measured before a resumed run loads its checkpoint
+    eval_prompts = task.prompts("eval")[:config.eval_prompts] if task else None
+    before = gold_of_samples(model, task, eval_prompts, config.seed) if task else {}
     optimizer = AdamW(decay_groups(model, config.weight_decay), lr=config.lr)
     run_dir = new_run_dir("sft", out)
     step = load_checkpoint(run_dir, rng, model=model, optimizer=optimizer) if resume else 0
-    eval_prompts = task.prompts("eval")[:config.eval_prompts] if task else None
-    before = gold_of_samples(model, task, eval_prompts, config.seed) if task else {}
     started = time.time()
     with MetricsLog(run_dir, resume_from_step=step if resume else None) as log, \
             progress(config.steps, "sft", quiet, initial=step) as bar, StopOnInterrupt() as stop:

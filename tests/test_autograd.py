@@ -53,6 +53,7 @@ CASES = {
     "reshape": (lambda a: a.reshape(6, 2), [(3, 4)], False),
     "transpose axes": (lambda a: a.transpose(2, 0, 1), [(2, 3, 4)], False),
     "transpose .T": (lambda a: a.T, [(2, 3)], False),
+    "transpose negative axes": (lambda a: a.transpose(0, -1, -2), [(2, 3, 4)], False),
     "getitem slices": (lambda a: a[1:, ::2], [(4, 5)], False),
     "getitem repeated ints": (lambda a: a[[0, 2, 0, 0]], [(3, 2)], False),
     "getitem int arrays": (lambda a: a[np.array([0, 1, 1]), np.array([2, 2, 0])], [(2, 3)], False),
@@ -79,6 +80,38 @@ CASES = {
 def test_gradcheck_op(name):
     fn, shapes, positive = CASES[name]
     check(fn, shapes, positive)  # raises GradcheckError naming the element on failure
+
+
+def random_broadcast_shapes(rng, n):
+    """n shapes that broadcast together: one random shape, in each copy some axes set to 1 and
+    some leading axes dropped (at least one axis kept)."""
+    full = rng.integers(2, 4, size=rng.integers(2, 5))
+    shapes = []
+    for _ in range(n):
+        shape = [1 if rng.random() < 0.3 else int(k) for k in full]
+        shapes.append(tuple(shape[rng.integers(0, len(shape)):]))
+    return shapes
+
+
+BINARY = {
+    # name: (fn of a, b and where's condition, inputs positive)
+    "+": (lambda a, b, condition: a + b, False),
+    "-": (lambda a, b, condition: a - b, False),
+    "*": (lambda a, b, condition: a * b, False),
+    "/": (lambda a, b, condition: a / b, True),
+    "maximum": (lambda a, b, condition: maximum(a, b), False),
+    "where": (lambda a, b, condition: where(condition, a, b), False),
+}
+_shapes_rng = np.random.default_rng(2024)
+BROADCAST_CASES = [pytest.param(name, shapes, id=f"{name} {shapes[0]} {shapes[1]} condition {shapes[2]}")
+                   for name in BINARY for shapes in (random_broadcast_shapes(_shapes_rng, 3) for _ in range(8))]
+
+
+@pytest.mark.parametrize("name, shapes", BROADCAST_CASES)
+def test_gradcheck_binary_ops_on_random_broadcast_shapes(name, shapes):
+    fn, positive = BINARY[name]
+    condition = np.random.default_rng(1).random(shapes[2]) < 0.5   # used by where only
+    check(lambda a, b: fn(a, b, condition), shapes[:2], positive)
 
 
 def test_forward_values_closed_form():
@@ -171,6 +204,21 @@ def test_shape_errors_name_the_op_and_both_shapes():
         a @ a
     with pytest.raises(ValueError, match=r"concatenate\(axis=0\)"):
         concatenate([a, Tensor(np.ones((2, 2)))])
+
+
+@pytest.mark.parametrize("op, message", [
+    (lambda x: x.reshape(4, 2), r"reshape\(shape=\(4, 2\)\) does not fit an input of shape \(2, 3\)"),
+    (lambda x: x.reshape((-1, -1)), r"reshape\(shape=\(-1, -1\)\) does not fit an input of shape \(2, 3\)"),
+    (lambda x: x.transpose(0, 2), r"transpose\(axes=\(0, 2\)\) does not fit an input of shape \(2, 3\)"),
+    (lambda x: x.transpose(0, 0), r"transpose\(axes=\(0, 0\)\) does not fit an input of shape \(2, 3\)"),
+    (lambda x: x.transpose(1, 0, 2), r"transpose\(axes=\(1, 0, 2\)\) does not fit an input of shape \(2, 3\)"),
+    (lambda x: x.sum(axis=2), r"sum\(axis=2\) does not fit an input of shape \(2, 3\)"),
+    (lambda x: x.mean(axis=-3), r"mean\(axis=-3\) does not fit an input of shape \(2, 3\)"),
+    (lambda x: x.max(axis=(0, 0)), r"max\(axis=\(0, 0\)\) does not fit an input of shape \(2, 3\)"),
+])
+def test_shape_op_errors_name_the_op_the_request_and_the_shape(op, message):
+    with pytest.raises(ValueError, match=message):
+        op(Tensor(np.ones((2, 3)), requires_grad=True))
 
 
 def test_backward_needs_a_gradient_for_non_scalars():

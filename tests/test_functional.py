@@ -172,6 +172,37 @@ def test_cross_entropy_and_gather_at_1e4_float32():
     np.testing.assert_allclose(lp.data, [0.0, -2e4], rtol=1e-6)
 
 
+def in_float32_and_float64(fn, arrays):
+    """[value, gradients...] of f = Σ w ⊙ fn(inputs)² on float32 inputs, and on the same numbers in float64."""
+    results = []
+    for dtype in (np.float32, np.float64):
+        inputs = [Tensor(a.astype(dtype), requires_grad=True) for a in arrays]
+        out = fn(*inputs)
+        (out * out * weights(out.shape).astype(dtype)).sum().backward()   # ∂f/∂out = 2 w ⊙ out, as big as out
+        results.append([out.data] + [x.grad for x in inputs])
+    return results
+
+
+def test_layer_norm_at_1e4_float32_matches_float64():
+    # rows spread over ±1e4, a constant row 1e4 (zero variance: only ε keeps 1/σ finite), a row off centre
+    x = np.array([[1e4, -1e4, 0.0, 5e3, -2.5e3], [1e4] * 5, [1e4, 9e3, -1e4, 3e3, 7e3]], np.float32)
+    w, b = np.random.default_rng(6).normal(size=(2, 5)).astype(np.float32)
+    got, want = in_float32_and_float64(F.layer_norm, [x, w, b])
+    for name, g32, g64 in zip(["value", "∂x", "∂w", "∂b"], got, want):
+        assert g32.dtype == np.float32 and np.isfinite(g32).all(), name
+        np.testing.assert_allclose(g32, g64, rtol=1e-5, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(got[0][1], b, rtol=1e-6)   # the constant row normalises to 0: y = b
+
+
+def test_embedding_at_1e4_float32_matches_float64():
+    table = (1e4 * weights((6, 3))).astype(np.float32)   # rows of size 1e4, gradients of size 1e4
+    (out32, grad32), (out64, grad64) = in_float32_and_float64(lambda w: F.embedding(IDS, w), [table])
+    np.testing.assert_array_equal(out32, out64)           # a lookup copies: exact
+    assert grad32.dtype == np.float32 and np.isfinite(grad32).all()
+    np.testing.assert_allclose(grad32, grad64, rtol=1e-6)  # repeated ids (2 three times) summed
+    assert np.all(grad64[3] == 0) and np.abs(grad64[2]).max() > 1e4
+
+
 def test_cross_entropy_all_masked_is_zero_not_nan():
     x = Tensor(np.ones((2, 3), np.float32), requires_grad=True)
     loss = F.cross_entropy(x, np.array([-100, -100]), ignore_index=-100)

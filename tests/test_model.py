@@ -187,6 +187,17 @@ def test_scalar_head_from_lm_copies_the_body():
     np.testing.assert_allclose(scores.data, hidden.data @ rm.score.weight.data[:, 0] + rm.score.bias.data[0], atol=1e-12)
 
 
+def test_scalar_head_from_lm_without_an_rng_is_reproducible():
+    lm = perturb(micro())
+    rm = ScalarHeadModel.from_lm(lm)   # the head from np.random.default_rng(0)
+    same = ScalarHeadModel.from_lm(lm, np.random.default_rng(0))
+    for name, array in same.state_dict().items():
+        np.testing.assert_array_equal(rm.state_dict()[name], array, err_msg=name)
+    np.testing.assert_array_equal(rm.transformer.wte.weight.data, lm.transformer.wte.weight.data)
+    other = ScalarHeadModel.from_lm(lm, np.random.default_rng(1))   # another rng, another head
+    assert not np.array_equal(rm.score.weight.data, other.score.weight.data)
+
+
 def test_last_token_values_left_and_right_padding():
     values = Tensor(np.arange(12.0).reshape(3, 4), requires_grad=True)
     mask = np.array([[False, True, True, True],     # left-padded: last at 3

@@ -53,6 +53,22 @@ def test_state_dict_round_trip_through_a_checkpoint(tmp_path):
     assert os.listdir(tmp_path) == ["model.npz"]   # the temp file was renamed, none left over
 
 
+def test_module_save_and_load_round_trip(tmp_path):
+    a, b = MLP(np.random.default_rng(0)), MLP(np.random.default_rng(1)).astype(np.float64)
+    a.save(tmp_path / "mlp.npz")
+    assert b.load(tmp_path / "mlp.npz") is b
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=name)
+        assert q.dtype == np.float64   # loading keeps the module's dtype
+    assert os.listdir(tmp_path) == ["mlp.npz"]   # written through a temp file, none left over
+    first_layer = Module()
+    first_layer.layers = [Linear(2, 32, np.random.default_rng(2))]   # only the keys layers.0.*
+    with pytest.raises(ValueError, match="unexpected key layers.1.weight"):
+        first_layer.load(tmp_path / "mlp.npz")
+    first_layer.load(tmp_path / "mlp.npz", strict=False)   # the keys both have are loaded
+    np.testing.assert_array_equal(first_layer.layers[0].weight.data, a.layers[0].weight.data)
+
+
 def test_mismatched_load_names_the_keys():
     model = MLP(np.random.default_rng(0))
     state = model.state_dict()
@@ -101,7 +117,9 @@ def test_adamw_two_steps_match_the_algorithm_by_hand():
             theta[i] = theta[i] - lr * (m[i] / (1 - b1 ** t)) / (np.sqrt(v[i] / (1 - b2 ** t)) + eps)
         np.testing.assert_allclose(w.data, theta[0], rtol=1e-14)
         np.testing.assert_allclose(b.data, theta[1], rtol=1e-14)
-    # the first Adam step moves each weight by lr·sign(g) (m̂/√v̂ = g/|g|), before decay
+        if t == 1:   # the first step moves each weight by lr·sign(g) (m̂/√v̂ = g/|g|), after the decay
+            np.testing.assert_allclose(w.data, [1.0 * (1 - lr * wd) - lr, -2.0 * (1 - lr * wd) + lr], rtol=1e-7)
+            np.testing.assert_allclose(b.data, [0.5 - lr], rtol=1e-7)
     assert opt.t == 2
 
 

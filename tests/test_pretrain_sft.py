@@ -11,10 +11,11 @@ import pytest
 from minirlhf import functional as F
 from minirlhf.autograd import Tensor
 from minirlhf.cli import main
+from minirlhf.data import collate, encode_pair
 from minirlhf.nn import load_state_dict_file
 from minirlhf.pipeline import quick_run
 from minirlhf.pretrain import PretrainConfig, pretrain
-from minirlhf.runs import NonFiniteError, load_run, read_metrics, read_summary
+from minirlhf.runs import NonFiniteError, is_complete, load_run, read_metrics, read_summary
 from minirlhf.sampling import sequence_logprobs
 from minirlhf.sft import SFTConfig, sft, sft_loss
 
@@ -24,6 +25,16 @@ def test_pretraining_beats_the_unigram_entropy():
     # a model that ignores context cannot go below the unigram entropy (4.2 nats here);
     # 300 quick steps must learn enough of the grammar to get well below it
     assert summary["heldout_loss"] < 0.6 * summary["unigram_entropy"], summary
+
+
+def test_pretrain_config_checks_task_and_seed(tmp_path):
+    with pytest.raises(ValueError, match="PretrainConfig.task: unknown task 'poetry'; choose one of sentiment, "):
+        PretrainConfig(task="poetry")
+    with pytest.raises(ValueError, match=r"PretrainConfig.seed = -1 is out of range; allowed: \[0, inf\)"):
+        PretrainConfig(seed=-1)
+    # no task is allowed (for a corpus of your own), but then the corpus must be given
+    with pytest.raises(ValueError, match="PretrainConfig.task is empty"):
+        pretrain(PretrainConfig(task=None), out=tmp_path / "run", quiet=True)
 
 
 def test_sft_raises_gold_reward_and_lowers_response_loss():
@@ -43,7 +54,7 @@ def test_sft_loss_gives_prompt_and_padding_exactly_zero_gradient():
     response_mask = np.array([[False, False, False, True, True, True], [False, False, True, True, True, True]])
     sft_loss(lambda ids, mask: logits, (input_ids, attention_mask, response_mask)).backward()
     # the logits at t − 1 predict token t: only positions t − 1 of response tokens get a gradient
-    predicts_response = np.roll(response_mask, -1, axis=1) & np.roll(np.arange(6) < 5, 0)
+    predicts_response = np.roll(response_mask, -1, axis=1) & (np.arange(6) < 5)
     assert np.all(logits.grad[~predicts_response] == 0.0)
     assert np.all(np.abs(logits.grad[predicts_response]).sum(axis=-1) > 0)
 
@@ -70,6 +81,24 @@ def test_nan_in_training_stops_with_the_step_and_tensor(tmp_path, monkeypatch):
     config = PretrainConfig(steps=5, n_layer=1, n_embd=16, n_head=2, n_documents=200, eval_every=100)
     with pytest.raises(NonFiniteError, match="step 2: the loss is nan"):
         pretrain(config, out=tmp_path / "run", quiet=True)
+
+
+def test_inf_in_a_gradient_stops_with_the_step_and_parameter(tmp_path, monkeypatch):
+    import minirlhf.pretrain as stage
+    real_step = stage.training_step
+
+    def step_with_poisoned_gradient(step, loss, model, *args):
+        if step == 2:   # add 0 to the loss but inf to one element of one parameter's gradient
+            param = dict(model.named_parameters())["transformer.h.0.ln_2.bias"]
+            poison = np.zeros(param.shape, param.dtype)
+            poison[0] = np.inf
+            loss = loss + Tensor.from_op(np.zeros((), loss.dtype), (param,), lambda g: (poison,), "poison")
+        return real_step(step, loss, model, *args)
+    monkeypatch.setattr(stage, "training_step", step_with_poisoned_gradient)
+    config = PretrainConfig(steps=5, n_layer=1, n_embd=16, n_head=2, n_documents=200, eval_every=100)
+    with pytest.raises(NonFiniteError, match=r"step 2: gradient of transformer\.h\.0\.ln_2\.bias has 1 NaN/inf"):
+        pretrain(config, out=tmp_path / "run", quiet=True)
+    assert [row["step"] for row in read_metrics(tmp_path / "run")] == [1, 2]   # stopped before logging step 3
 
 
 def _press_ctrl_c_during(monkeypatch, module, step_to_stop):
@@ -111,6 +140,8 @@ def test_resumed_sft_ends_with_the_same_weights(tmp_path, monkeypatch):
     resumed = sft(config, init=init, out=tmp_path / "resumed", resume=True, quiet=True)
     a, b = load_state_dict_file(straight / "model.npz"), load_state_dict_file(resumed / "model.npz")
     assert all(np.array_equal(a[k], b[k]) for k in a)
+    # "before" is the init model's gold reward in both runs, not that of the checkpoint resumed from
+    assert read_summary(resumed)["gold_reward_before"] == read_summary(straight)["gold_reward_before"]
 
 
 def test_load_run_rebuilds_the_model_that_was_trained():
@@ -126,7 +157,7 @@ def test_load_run_rebuilds_the_model_that_was_trained():
 
 @pytest.mark.parametrize("argv, message", [
     (["pretrain", "--steps", "-3"], "PretrainConfig.steps"),
-    (["pretrain", "--task", "poetry"], "unknown task 'poetry'"),
+    (["pretrain", "--task", "poetry"], "PretrainConfig.task: unknown task 'poetry'"),
     (["sft", "--init", "no/such/run"], "not a minirlhf run directory"),
     (["pretrain", "--resume"], "--resume needs --out"),
 ])
@@ -152,6 +183,40 @@ def test_cli_pretrain_then_sample(tmp_path, capsys):
     for name in ("config.json", "tokenizer.json", "model.npz", "metrics.jsonl", "summary.json", "curves.png",
                  "checkpoint/state.npz"):
         assert (out / name).is_file(), name
-    assert main(["sample", "--init", str(out), "--prompt", "the movie was", "--n", "2", "--temperature", "0"]) == 0
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("the movie was |")]
-    assert len(lines) == 2 and lines[0] == lines[1]   # greedy decoding is deterministic
+    capsys.readouterr()
+    samples = []
+    for seed in ("0", "1"):
+        assert main(["sample", "--init", str(out), "--prompt", "the movie was", "--n", "2", "--temperature", "0",
+                     "--seed", seed]) == 0
+        samples.append([l for l in capsys.readouterr().out.splitlines() if l.startswith("the movie was |")])
+    # greedy decoding ignores the sampling seed; both runs decode the same (2, T) batch, so their
+    # float32 arithmetic is identical and the comparison cannot flake on a near-tie of the logits
+    assert len(samples[0]) == 2 and samples[0] == samples[1]
+
+
+def test_cli_pretrain_and_sft_on_your_own_files(tmp_path):
+    # a made-up language no toy task knows: the vocabulary and the demonstrations can only come from the files
+    nouns, verbs = ["zorp", "blick", "quux", "frob"], ["glims", "wubs", "snarfs"]
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"the {rng.choice(nouns)} {rng.choice(verbs)} the {rng.choice(nouns)} .\n"
+                              for _ in range(60)))
+    # the demonstrations answer every noun with one fixed sentence: easy to learn in a few steps
+    pairs = [(f"the {noun}", f"{verbs[i % 3]} the {nouns[(i + 1) % 4]} .") for i, noun in enumerate(nouns)] * 5
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in pairs))
+    pt, out = tmp_path / "pt", tmp_path / "sft"
+    # --task "": no toy task, the corpus is all there is
+    assert main(["pretrain", "--data", str(corpus), "--task", "", "--steps", "30", "--n-layer", "1", "--n-embd", "16",
+                 "--n-head", "2", "--block-size", "16", "--batch-size", "8", "--eval-every", "10",
+                 "--warmup-steps", "5", "--out", str(pt), "--quiet"]) == 0
+    assert main(["sft", "--init", str(pt), "--data", str(demos), "--steps", "30", "--batch-size", "8",
+                 "--lr", "1e-2", "--warmup-steps", "0", "--eval-every", "10", "--out", str(out), "--quiet"]) == 0
+    assert is_complete(pt) and is_complete(out)
+    _, tokenizer, config = load_run(pt)
+    assert sorted(tokenizer.itos[4:]) == sorted(["the", ".", *nouns, *verbs]) and config["task"] is None
+    assert read_summary(out)["n_train"] + read_summary(out)["n_heldout"] == len(pairs)
+    # the response loss on the demonstrations fell from the pretrained model to the SFT model
+    batch = collate([encode_pair(tokenizer, p, c) for p, c in pairs], tokenizer.pad_id)
+    before, after = (float(sft_loss(load_run(run)[0], batch).data) for run in (pt, out))
+    assert after < before - 0.5, (before, after)
