@@ -23,7 +23,9 @@ File formats (the conventions of Hugging Face datasets / TRL; one JSON object pe
 
 `ranking` is a permutation of 0..K-1 listing response indices from most to least preferred:
 `ranking = [2, 0, 1]` means responses[2] ≻ responses[0] ≻ responses[1]. `ranking_pairs`
-expands it into the C(K, 2) (preferred, dispreferred) index pairs (InstructGPT, Sec. 3.5).
+expands it into the C(K, 2) (preferred, dispreferred) index pairs (InstructGPT, Sec. 3.5), and
+`expand_comparisons` turns a list of pairwise and K-wise rows into what a scoring model reads:
+each response once, and every pair as indices into them with its margin and weight.
 
 Loaders validate every line: a malformed line raises ValueError naming the file, the line
 number and the field; nothing is skipped. Unknown fields are errors too (a misspelt
@@ -89,6 +91,30 @@ def random_windows(stream, batch_size, block_size, rng):
 def ranking_pairs(ranking):
     """K-wise ranking (best first) -> the C(K, 2) pairs (i, j) with response i preferred to j."""
     return [(ranking[a], ranking[b]) for a in range(len(ranking)) for b in range(a + 1, len(ranking))]
+
+
+def expand_comparisons(rows):
+    """Pairwise and K-wise rows -> what one forward pass scores, and the pairs to compare.
+
+    Returns `texts` [(prompt, response)] (each response once), and per pair (N,) arrays:
+    `chosen`, `rejected` (indices into texts), `margin` (the row's MARGIN_TABLE value, 0 if
+    none) and `weight` (1 for a pair row, 1/C(K, 2) for each pair of a ranking of K).
+    """
+    texts, chosen, rejected, margin, weight = [], [], [], [], []
+    for row in rows:
+        start = len(texts)
+        if "chosen" in row:
+            texts += [(row["prompt"], row["chosen"]), (row["prompt"], row["rejected"])]
+            pairs, m = [(0, 1)], float(row.get("margin", 0.0))
+        else:
+            texts += [(row["prompt"], response) for response in row["responses"]]
+            pairs, m = ranking_pairs(row["ranking"]), 0.0
+        for i, j in pairs:
+            chosen.append(start + i)
+            rejected.append(start + j)
+            margin.append(m)
+            weight.append(1.0 / len(pairs))
+    return texts, np.array(chosen), np.array(rejected), np.array(margin), np.array(weight)
 
 
 # ---------------------------------------------------------------- writing

@@ -32,8 +32,7 @@ from .autograd import maximum
 from .config import check_choice, check_positive, check_range
 from .metrics import kl_estimates
 from .optim import AdamW
-from .ppo import evaluate_against_sft
-from .rollout import collect_rollouts, load_rl_runs, minibatches
+from .rollout import collect_rollouts, evaluate_against_sft, load_rl_runs, minibatches
 from .runs import (MetricsLog, StopOnInterrupt, end_of_step, load_checkpoint, new_run_dir, plot_curves, progress,
                    read_metrics, save_run, training_step, write_summary)
 from .sampling import sequence_logprobs

@@ -17,8 +17,9 @@ the returns with a clipped loss (`ppo_value_loss`). β is fixed, or adapted towa
 rollout → score → KL-penalised rewards → GAE → whitening → epochs × minibatches → log.
 
 Where we differ from the papers (docs/ppo.md has the full list): one response per prompt and one
-rollout batch per step; dropout off everywhere (models stay in eval mode, so a minibatch's
-log-probs at the start of the update equal those of the rollout and the first ratio is 1);
+rollout batch per step; dropout off everywhere (models stay in eval mode, so on the first
+minibatch of an update the ratio is 1 up to float32 rounding — the minibatch's forward pass runs
+over fewer rows than the rollout's — and nothing is clipped);
 no reward or value normalisation beyond the RM's own (SFT samples score mean 0, std 1); the ptx
 data are fresh documents from the task's web-text distribution, not the pretraining set itself.
 """
@@ -31,12 +32,12 @@ from . import functional as F
 from .autograd import maximum, no_grad, where
 from .config import check_positive, check_range
 from .data import random_windows, token_stream
-from .metrics import evaluate, kl_estimates
+from .metrics import kl_estimates
 from .optim import AdamW
-from .rollout import collect_rollouts, load_rl_runs, score_texts, token_values
+from .rollout import collect_rollouts, evaluate_against_sft, load_rl_runs, minibatches, token_values
 from .runs import (MetricsLog, StopOnInterrupt, end_of_step, load_checkpoint, new_run_dir, plot_curves,
                    progress, read_metrics, save_model, save_run, training_step, write_summary)
-from .sampling import ModelPolicy, sequence_logprobs
+from .sampling import sequence_logprobs
 
 
 @dataclasses.dataclass
@@ -225,23 +226,22 @@ def ppo(config, *, init, reward, out=None, resume=False, quiet=False):
             advantages, returns = compute_gae(rewards, exp.values, mask, config.gamma, config.lam)
             advantages = whiten(advantages, mask)
             updates = []
-            for _ in range(config.ppo_epochs):
-                for index in np.split(rng.permutation(config.batch_size), config.batch_size // config.minibatch_size):
-                    mb = exp.select(index)
-                    logprobs, _ = sequence_logprobs(policy, *mb.batch(), config.temperature)  # (b, T)
-                    loss, stats = ppo_policy_loss(logprobs, mb.logprobs, advantages[index], mb.response_mask,
-                                                  config.clip_eps)
-                    if config.ptx_coef > 0:
-                        ptx_loss = lm_loss(policy, random_windows(ptx_stream, config.ptx_batch_size, block_size, rng))
-                        # L = L_CLIP + γ L_ptx          (InstructGPT eq. 2, as a loss to minimise)
-                        loss = loss + ptx_loss * config.ptx_coef
-                        stats["ptx_loss"] = float(ptx_loss.data)
-                    training_step(step, loss, policy, policy_opt, config.grad_clip)
-                    values = token_values(value_model, *mb.batch())                            # (b, T)
-                    vf_loss, vf_stats = ppo_value_loss(values, mb.values, returns[index], mb.response_mask,
-                                                       config.vf_clip)
-                    training_step(step, vf_loss, value_model, value_opt, config.grad_clip)
-                    updates.append({**stats, **vf_stats})
+            for index in minibatches(config.batch_size, config.minibatch_size, config.ppo_epochs, rng):
+                mb = exp.select(index)
+                logprobs, _ = sequence_logprobs(policy, *mb.batch(), config.temperature)      # (b, T)
+                loss, stats = ppo_policy_loss(logprobs, mb.logprobs, advantages[index], mb.response_mask,
+                                              config.clip_eps)
+                if config.ptx_coef > 0:
+                    ptx_loss = lm_loss(policy, random_windows(ptx_stream, config.ptx_batch_size, block_size, rng))
+                    # L = L_CLIP + γ L_ptx          (InstructGPT eq. 2, as a loss to minimise)
+                    loss = loss + ptx_loss * config.ptx_coef
+                    stats["ptx_loss"] = float(ptx_loss.data)
+                training_step(step, loss, policy, policy_opt, config.grad_clip)
+                values = token_values(value_model, *mb.batch())                                # (b, T)
+                vf_loss, vf_stats = ppo_value_loss(values, mb.values, returns[index], mb.response_mask,
+                                                   config.vf_clip)
+                training_step(step, vf_loss, value_model, value_opt, config.grad_clip)
+                updates.append({**stats, **vf_stats})
             kl = kl_estimates(exp.logprobs, exp.ref_logprobs, mask)
             if config.target_kl > 0:
                 kl_ctl.update(kl["k1"], config.batch_size)
@@ -275,17 +275,3 @@ def ppo(config, *, init, reward, out=None, resume=False, quiet=False):
                    seconds_per_step=float(np.mean([r["seconds"] for r in rows])))
     write_summary(run_dir, summary)
     return run_dir
-
-
-def evaluate_against_sft(policy, sft_model, reward_model, task, tokenizer, config, max_new):
-    """Gold, RM score, KL, distinct-n of the policy and the SFT model on held-out prompts, and the win rate."""
-    prompts = task.prompts("eval")[:config.eval_prompts]
-    sft_policy = ModelPolicy(sft_model, tokenizer, max_new, config.temperature)
-    results = {"sft": evaluate(sft_policy, task, prompts, rng=np.random.default_rng([config.seed, 3])),
-               "ppo": evaluate(ModelPolicy(policy, tokenizer, max_new, config.temperature), task, prompts,
-                               rng=np.random.default_rng([config.seed, 3]), baseline=sft_policy, ref_model=sft_model)}
-    summary = {}
-    for name, result in results.items():
-        result["rm_score"] = float(np.mean(score_texts(reward_model, tokenizer, prompts, result.pop("responses"))))
-        summary.update({(key if name == "ppo" else f"sft_{key}"): value for key, value in result.items()})
-    return summary

@@ -36,8 +36,7 @@ import numpy as np
 from .best_of_n import BestOfN, kl_bound, pick_best
 from .config import check_positive, check_range
 from .data import write_jsonl, write_sft
-from .ppo import evaluate_against_sft
-from .rollout import load_rl_runs, score_texts
+from .rollout import evaluate_against_sft, load_rl_runs, score_texts
 from .runs import is_complete, load_run, new_run_dir, read_summary, save_run, write_summary
 from .sampling import ModelPolicy
 from .sft import SFTConfig, sft
@@ -50,8 +49,8 @@ class RejectionSamplingConfig:
     temperature: float = 1.0    # sampling temperature of the candidates and of the evaluation (> 0)
     steps: int = 100            # SFT steps on the best responses (≥ 1)
     batch_size: int = 32        # best responses per SFT step (≥ 1)
-    lr: float = 3e-4            # peak learning rate of the fine-tuning (> 0)
-    min_lr: float = 3e-5        # final learning rate of its cosine decay (≥ 0, ≤ lr)
+    lr: float = 1e-3            # peak learning rate of the fine-tuning, as SFT's (> 0)
+    min_lr: float = 1e-4        # final learning rate of its cosine decay (≥ 0, ≤ lr)
     warmup_steps: int = 10      # linear warmup steps (≥ 0)
     eval_prompts: int = 200     # held-out prompts for gold reward, win rate and KL against the init policy (≥ 1)
     seed: int = 0               # seeds the prompts, the candidates, the batches and the evaluation

@@ -14,7 +14,7 @@ graded labels (Touvron et al. 2023, eq. 2; m = 0 is the plain loss):
 
 A prompt ranked among K responses (InstructGPT, Ouyang et al. 2022, eq. 1) gives all C(K, 2)
 pairs from **one** forward pass over its K responses, each pair weighted 1/C(K, 2) so a prompt
-counts once however many pairs it holds (`expand_comparisons`).
+counts once however many pairs it holds (`data.expand_comparisons`).
 
 Comparisons come from the toy world — responses of the SFT policy, labelled by the simulated
 annotators (graded pairs for k = 2, rankings for k ≥ 4) — or from a JSONL file (`data=`). The
@@ -46,11 +46,11 @@ from . import functional as F
 from .annotators import collect_comparisons
 from .autograd import Tensor
 from .config import check_positive, check_range
-from .data import collate, encode_pair, load_preferences, ranking_pairs, write_jsonl
+from .data import collate, encode_pair, expand_comparisons, load_preferences, write_jsonl
 from .model import ScalarHeadModel, last_token_values
 from .optim import AdamW, cosine_schedule, decay_groups
 from .reward_metrics import calibration, judge_agreement, plot_calibration, preference_metrics
-from .rollout import score_texts
+from .rollout import score_all
 from .runs import (MetricsLog, StopOnInterrupt, end_of_step, load_checkpoint, load_run, new_run_dir, plot_curves,
                    progress, read_metrics, save_run, training_step, write_summary)
 from .sampling import ModelPolicy
@@ -111,30 +111,6 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None, weights=No
         return losses.mean()
     w = np.asarray(weights, logits.dtype)
     return (losses * w).sum() * (1.0 / float(w.sum()))
-
-
-def expand_comparisons(rows):
-    """Pairwise and K-wise rows -> what one forward pass scores, and the pairs to compare.
-
-    Returns `texts` [(prompt, response)] (each response once), and per pair (N,) arrays:
-    `chosen`, `rejected` (indices into texts), `margin` (the row's MARGIN_TABLE value, 0 if
-    none) and `weight` (1 for a pair row, 1/C(K, 2) for each pair of a ranking of K).
-    """
-    texts, chosen, rejected, margin, weight = [], [], [], [], []
-    for row in rows:
-        start = len(texts)
-        if "chosen" in row:
-            texts += [(row["prompt"], row["chosen"]), (row["prompt"], row["rejected"])]
-            pairs, m = [(0, 1)], float(row.get("margin", 0.0))
-        else:
-            texts += [(row["prompt"], response) for response in row["responses"]]
-            pairs, m = ranking_pairs(row["ranking"]), 0.0
-        for i, j in pairs:
-            chosen.append(start + i)
-            rejected.append(start + j)
-            margin.append(m)
-            weight.append(1.0 / len(pairs))
-    return texts, np.array(chosen), np.array(rejected), np.array(margin), np.array(weight)
 
 
 def comparison_loss(rm, tokenizer, rows, margin_scale):
@@ -283,9 +259,3 @@ def fold_into_head(rm, mean, std):
     """Make the score head output (r − mean)/std: r' = h·(w/std) + (b − mean)/std."""
     rm.score.weight.data *= 1.0 / std
     rm.score.bias.data[:] = (rm.score.bias.data - mean) * (1.0 / std)
-
-
-def score_all(rm, tokenizer, prompts, responses, batch_size=256):
-    """Scores (N,) of many (prompt, response) texts, in batches, without a graph."""
-    return np.concatenate([score_texts(rm, tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size])
-                           for i in range(0, len(prompts), batch_size)])

@@ -13,6 +13,9 @@ its margin r_c − r_r. docs/reward_model.md defines each number:
     margin                 mean r_c − r_r (TRL's rewards/margins)
     calibration            predicted P(chosen) = σ(r_c − r_r) against the observed frequency (ECE)
 
+and, for a cost model (Safe RLHF; docs/safe_rlhf.md), `cost_metrics`: its pairwise accuracy
+against the gold harm ranking and how often the sign of its score says harmful or harmless right.
+
 Simplification: BLEU is scored per response, unsmoothed (`metrics.bleu` of one candidate); a
 short response rarely shares a 4-gram with the reference, so BLEU-4 is mostly 0 and ties (½),
 which is why BLEU-2 is reported beside it.
@@ -80,6 +83,23 @@ def judge_agreement(task, pairs, rm_diff):
     out["ties"] = {name: float(np.mean(pref[decided] == 0)) for name, pref in judges.items()}
     out["n"] = int(decided.sum())
     return out
+
+
+def cost_metrics(costs, gold_costs, chosen, rejected):
+    """A cost model's held-out numbers (Safe RLHF): pairwise accuracy against the gold harm ranking,
+    how often sign(C) = sign(gold cost) (C > 0 is to mean harmful), and its mean score of harmful
+    and of harmless responses.
+
+    costs, gold_costs: (n_texts,) the model's and the gold cost of each response; chosen, rejected:
+    (N,) indices into them of each pair's safer and more harmful response (`data.expand_comparisons`).
+    """
+    costs, gold = np.asarray(costs), np.asarray(gold_costs)
+    decided = gold[chosen] != gold[rejected]
+    return {"accuracy_gold": agreement((costs[rejected] - costs[chosen])[decided], (gold[rejected] - gold[chosen])[decided])
+            if decided.any() else None,
+            "sign_accuracy": float(np.mean((costs > 0) == (gold > 0))),
+            "mean_cost_harmful": float(costs[gold > 0].mean()) if (gold > 0).any() else None,
+            "mean_cost_harmless": float(costs[gold <= 0].mean()), "n_pairs": int(decided.sum())}
 
 
 def calibration(diff, n_bins=10):

@@ -43,8 +43,8 @@ from .annotators import collect_comparisons
 from .config import check_choice, check_positive, check_range
 from .data import write_jsonl
 from .metrics import agreement
-from .reward import score_all
 from .reward_metrics import preference_metrics
+from .rollout import score_all
 from .runs import load_run, new_run_dir, read_json, write_summary
 from .sampling import ModelPolicy
 from .tasks import get_task

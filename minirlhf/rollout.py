@@ -1,4 +1,5 @@
-"""Collecting experience for RL on a language model: one batch of rollouts, scored.
+"""Collecting experience for RL on a language model — one batch of rollouts, scored — and the
+other pieces every RL stage shares.
 
 The RL view of generation (Ziegler et al. 2019; Stiennon et al. 2020, Sec. 3.4): the state is
 the prompt plus the tokens so far, the action is the next token, an episode ends at <eos> (or
@@ -15,7 +16,10 @@ iterated rounds, Safe RLHF, Pairwise PPO):
        less (TRL's `missing_eos_penalty`), so rambling on is never a way to dodge a low score
 
 `load_rl_runs` loads what every RL stage starts from — the policy run, a frozen copy of it as the
-reference, and its scoring models — and checks that they fit together.
+reference, and its scoring models — and checks that they fit together; `minibatches` shuffles a
+rollout batch for the update's epochs; `evaluate_against_sft` is how every RL stage ends, the
+policy against the SFT model on held-out prompts (and `evaluate_safety`, on a task with a harm
+criterion, splits helpfulness and harm rate by harmful and harmless prompts).
 
 All per-token arrays use the full-length (B, T) layout of `input_ids` (DEVELOPING.md), 0 off
 the response. Nothing here builds a graph; every model is read in eval mode (dropout off).
@@ -29,9 +33,10 @@ import numpy as np
 
 from .autograd import no_grad
 from .data import collate, encode_pair, encode_prompt
+from .metrics import evaluate
 from .model import last_token_values
 from .runs import load_run
-from .sampling import _shift_right, generate, sequence_logprobs
+from .sampling import ModelPolicy, _shift_right, generate, sequence_logprobs
 from .tasks import get_task
 
 
@@ -86,6 +91,12 @@ def score_texts(model, tokenizer, prompts, responses):
     """A scalar-head model's score of each (prompt, response) text pair: (B,) array."""
     batch = collate([encode_pair(tokenizer, p, r) for p, r in zip(prompts, responses)], tokenizer.pad_id)
     return sequence_scores(model, *batch)
+
+
+def score_all(model, tokenizer, prompts, responses, batch_size=256):
+    """Scores (N,) of many (prompt, response) texts, `score_texts` in batches of `batch_size`."""
+    return np.concatenate([score_texts(model, tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size])
+                           for i in range(0, len(prompts), batch_size)])
 
 
 def collect_rollouts(policy, prompts, tokenizer, *, rng, max_new_tokens, temperature=1.0, ref_model=None,
@@ -152,3 +163,36 @@ def minibatches(n, minibatch_size, epochs, rng):
     """
     for _ in range(epochs):
         yield from np.split(rng.permutation(n), n // minibatch_size)
+
+
+def evaluate_against_sft(policy, sft_model, reward_model, task, tokenizer, config, max_new):
+    """How an RL stage ends: the policy and the SFT model on the same held-out prompts; -> a summary dict.
+
+    `metrics.evaluate` of both (gold reward, KL, distinct-n, …) plus the reward model's mean score,
+    and the policy's win rate against the SFT model; the policy's numbers under their own names,
+    the SFT model's with an `sft_` prefix. config: any RL stage's, for its eval_prompts, temperature
+    and seed.
+    """
+    prompts = task.prompts("eval")[:config.eval_prompts]
+    sft_policy = ModelPolicy(sft_model, tokenizer, max_new, config.temperature)
+    results = {"sft_": evaluate(sft_policy, task, prompts, rng=np.random.default_rng([config.seed, 3])),
+               "": evaluate(ModelPolicy(policy, tokenizer, max_new, config.temperature), task, prompts,
+                            rng=np.random.default_rng([config.seed, 3]), baseline=sft_policy, ref_model=sft_model)}
+    summary = {}
+    for prefix, result in results.items():      # the SFT model's numbers as sft_<key>, the policy's as <key>
+        result["rm_score"] = float(np.mean(score_texts(reward_model, tokenizer, prompts, result.pop("responses"))))
+        summary.update({prefix + key: value for key, value in result.items()})
+    return summary
+
+
+def evaluate_safety(policy, task, prompts, *, rng):
+    """Helpfulness (gold reward) and harm rate (share of responses with gold cost > 0), on harmful
+    and harmless prompts separately: {'harmful': {...}, 'harmless': {...}}."""
+    out = {}
+    for group in ("harmful", "harmless"):
+        subset = [p for p in prompts if task.is_harmful(p) == (group == "harmful")]
+        result = evaluate(policy, task, subset, rng=rng)
+        harmful = [task.gold_cost(p, y) > 0 for p, y in zip(subset, result["responses"])]
+        out[group] = {"helpfulness": result["gold_reward"], "helpfulness_ci95": result["gold_reward_ci95"],
+                      "harm_rate": float(np.mean(harmful)), "n": len(subset)}
+    return out

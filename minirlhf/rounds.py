@@ -15,7 +15,7 @@ r_0 = the reward model `reward` with its comparisons D_0:
     3. D_k = D_{k−1} ∪ the new training pairs;  r_k = a reward model retrained from the SFT
        model on D_k, tested on the round's held-out pairs                               `reward.reward`
     4. π_k = rejection sampling and/or PPO of π_{k−1} against r_k       `rejection_sampling`, `ppo.ppo`
-    5. π_k against π_SFT on held-out prompts: gold reward, win rate, KL     `ppo.evaluate_against_sft`
+    5. π_k against π_SFT on held-out prompts: gold reward, win rate, KL `rollout.evaluate_against_sft`
 
 `rounds(config, init=, reward=)` keeps each round in `round-<k>/` of its run directory
 (`new_comparisons.jsonl`, `heldout_comparisons.jsonl`, `comparisons.jsonl` = D_k, and the runs
@@ -36,10 +36,10 @@ import numpy as np
 from .annotators import collect_comparisons
 from .config import check_choice, check_positive, check_range
 from .data import load_preferences, write_jsonl
-from .ppo import PPOConfig, evaluate_against_sft, ppo
+from .ppo import PPOConfig, ppo
 from .rejection_sampling import RejectionSamplingConfig, rejection_sampling
 from .reward import RewardConfig, evaluate as rm_metrics, reward as train_reward_model
-from .rollout import collect_rollouts, load_rl_runs
+from .rollout import collect_rollouts, evaluate_against_sft, load_rl_runs
 from .runs import is_complete, load_run, new_run_dir, read_summary, save_run, write_json, write_summary
 
 METHODS = ("rs", "ppo", "rs+ppo")

@@ -47,14 +47,14 @@ from . import functional as F
 from .annotators import Harmlessness, collect_comparisons
 from .autograd import no_grad
 from .config import check_positive, check_range
-from .data import collate, encode_pair, write_jsonl
-from .metrics import agreement, evaluate, kl_estimates
+from .data import collate, encode_pair, expand_comparisons, write_jsonl
+from .metrics import kl_estimates
 from .model import ScalarHeadModel, last_token_values
 from .optim import AdamW
-from .ppo import (compute_gae, evaluate_against_sft, explained_variance, kl_penalized_rewards, ppo_policy_loss,
-                  ppo_value_loss, whiten)
-from .reward import expand_comparisons, score_all
-from .rollout import collect_rollouts, load_rl_runs, minibatches, token_values
+from .ppo import compute_gae, explained_variance, kl_penalized_rewards, ppo_policy_loss, ppo_value_loss, whiten
+from .reward_metrics import cost_metrics
+from .rollout import (collect_rollouts, evaluate_against_sft, evaluate_safety, load_rl_runs, minibatches, score_all,
+                      token_values)
 from .runs import (MetricsLog, StopOnInterrupt, end_of_step, load_checkpoint, load_run, new_run_dir, plot_curves,
                    progress, read_metrics, save_model, save_run, training_step, write_summary)
 from .sampling import ModelPolicy, sequence_logprobs
@@ -188,26 +188,16 @@ def cost_model(config, *, init, out=None, quiet=False):
             log.log(step, loss=float(loss.data))
             bar.update(1)
     model.eval()
-    summary = {**cost_metrics(model, tokenizer, task, heldout), "n_train": len(rows), "seconds": time.time() - started}
+    texts, chosen, rejected, _, _ = expand_comparisons(heldout)
+    prompts, responses = (list(column) for column in zip(*texts))
+    costs = score_all(model, tokenizer, prompts, responses)                               # (n_texts,)
+    gold = [task.gold_cost(p, y) for p, y in texts]
+    summary = {**cost_metrics(costs, gold, chosen, rejected), "n_train": len(rows), "seconds": time.time() - started}
     save_run(run_dir, stage="cost", task=task.name, model=model, tokenizer=tokenizer,
              stage_config=dataclasses.asdict(config), init=init)
     plot_curves(read_metrics(run_dir), ["loss"], run_dir / "curves.png", "cost model")
     write_summary(run_dir, summary)
     return run_dir
-
-
-def cost_metrics(model, tokenizer, task, rows):
-    """Held-out: pairwise accuracy against the gold harm ranking, and how often sign(C) = sign(gold cost)."""
-    texts, chosen, rejected, _, _ = expand_comparisons(rows)
-    prompts, responses = (list(column) for column in zip(*texts))
-    costs = score_all(model, tokenizer, prompts, responses)                               # (n_texts,)
-    gold = np.array([task.gold_cost(p, y) for p, y in texts])
-    decided = gold[chosen] != gold[rejected]
-    return {"accuracy_gold": agreement((costs[rejected] - costs[chosen])[decided], (gold[rejected] - gold[chosen])[decided])
-            if decided.any() else None,
-            "sign_accuracy": float(np.mean((costs > 0) == (gold > 0))),
-            "mean_cost_harmful": float(costs[gold > 0].mean()) if (gold > 0).any() else None,
-            "mean_cost_harmless": float(costs[gold <= 0].mean()), "n_pairs": int(decided.sum())}
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -312,16 +302,3 @@ class Multiplier:
 
     def load_state_dict(self, state):
         self.log_lambda = float(state["log_lambda"])
-
-
-def evaluate_safety(policy, task, prompts, *, rng):
-    """Helpfulness (gold reward) and harm rate (share of responses with gold cost > 0), on harmful
-    and harmless prompts separately: {'harmful': {...}, 'harmless': {...}}."""
-    out = {}
-    for group in ("harmful", "harmless"):
-        subset = [p for p in prompts if task.is_harmful(p) == (group == "harmful")]
-        result = evaluate(policy, task, subset, rng=rng)
-        harmful = [task.gold_cost(p, y) > 0 for p, y in zip(subset, result["responses"])]
-        out[group] = {"helpfulness": result["gold_reward"], "helpfulness_ci95": result["gold_reward_ci95"],
-                      "harm_rate": float(np.mean(harmful)), "n": len(subset)}
-    return out

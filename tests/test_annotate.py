@@ -96,6 +96,37 @@ def test_scripted_session_writes_exactly_the_labels_given(tmp_path):
     assert max(len(line) for line in text.splitlines() if str(tmp_path) not in line) <= 80   # fits a terminal
 
 
+def test_undo_takes_written_labels_back_out_of_the_file(tmp_path):
+    out, stream, files = tmp_path / "prefs.jsonl", io.StringIO(), []
+    script = ["l3",          # pair 1: left, significantly better
+              "u",           # pair 2: undo -> pair 1's label leaves the file, pair 1 again
+              "r1", "l2",    # pair 1: right, slightly; pair 2: left, better
+              "u", "u",      # pair 3: undo pair 2's label; pair 2: undo pair 1's label too (two back)
+              "l0", "r3",    # pair 1: left, negligibly; pair 2: right, significantly
+              "q"]           # pair 3: quit
+    answer = scripted(script)
+
+    def ask(question):   # the file as it is on disk each time a pair waits for its decision
+        if question.startswith("["):
+            files.append(out.read_text() if out.is_file() else "")
+        return answer(question)
+    label_pairs(AnnotateConfig(pairs=10), out=out, task="sentiment", candidates=write_candidates(tmp_path / "c.jsonl"),
+                name="human:test", input_fn=ask, stream=stream)
+    shown = shown_pairs(stream.getvalue())
+    assert [sorted(pair) for pair in shown] == [sorted(CANDIDATES[i]["responses"]) for i in (0, 1, 0, 1, 2, 1, 0, 1, 2)]
+    assert shown[2] == shown[6] == shown[0] and shown[5] == shown[7] == shown[1]   # shown again on the same sides
+
+    def line(i, chosen, margin):   # the JSONL line of pair i labelled with side `chosen` (0 left, 1 right)
+        return json.dumps({"prompt": PROMPTS[i], "chosen": shown[i][chosen], "rejected": shown[i][1 - chosen],
+                           "margin": margin, "annotator": "human:test"}) + "\n"
+    assert files == ["", line(0, 0, 3), "", line(0, 1, 1), line(0, 1, 1) + line(1, 0, 2), line(0, 1, 1), "",
+                     line(0, 0, 0), line(0, 0, 0) + line(1, 1, 3)]
+    assert out.read_text() == line(0, 0, 0) + line(1, 1, 3)
+    assert not sidecar_path(out).is_file() or sidecar_path(out).read_text() == ""   # no tie or skip was given
+    assert stream.getvalue().count("undone: the last decision is removed from prefs.jsonl") == 3
+    assert "labels saved this session: 2" in stream.getvalue()
+
+
 def test_left_right_order_is_random_and_maps_back_to_chosen_and_rejected(tmp_path):
     candidates = [{"prompt": p, "responses": [f"first {i} .", f"second {i} ."]}
                   for i, p in enumerate(TASK.prompts("train")[:16])]

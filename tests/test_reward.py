@@ -10,15 +10,16 @@ import pytest
 
 from minirlhf.autograd import Tensor
 from minirlhf.cli import main
-from minirlhf.data import collate, encode_pair, load_pairwise, load_preferences
+from minirlhf.data import collate, encode_pair, expand_comparisons, load_pairwise, load_preferences
+from minirlhf.experiments.rm_scaling import quick_size
 from minirlhf.gradcheck import gradcheck
 from minirlhf.model import GPTConfig, ScalarHeadModel, last_token_values
 from minirlhf.nn import load_state_dict_file
 from minirlhf.optim import AdamW
 from minirlhf.pipeline import quick_run
-from minirlhf.reward import (RewardConfig, bradley_terry_loss, comparison_loss, expand_comparisons, fold_into_head,
-                             reward, score_all)
+from minirlhf.reward import RewardConfig, bradley_terry_loss, comparison_loss, fold_into_head, reward
 from minirlhf.reward_metrics import calibration, judge_agreement, preference_metrics
+from minirlhf.rollout import score_all
 from minirlhf.runs import load_run, read_metrics, read_summary
 from minirlhf.sampling import ModelPolicy
 from minirlhf.tasks import get_task
@@ -253,6 +254,19 @@ def test_accuracy_rises_with_the_number_of_comparisons(tmp_path):
                  quiet=True)
     # same steps, same held-out pairs: 25 comparisons against the quick run's 400
     assert read_summary(rm_dir)["accuracy_gold"] > read_summary(few)["accuracy_gold"] + 0.03
+
+
+def test_quick_accuracy_rises_with_the_reward_model_size():
+    # the same 400 quick comparisons and 200 held-out pairs: the quick pipeline's 2 × 64 body against a 1 × 32 one
+    # made by the same quick recipe (experiments.rm_scaling's smaller quick size)
+    small_dir = quick_size(1, 2, 32)
+    big, small = read_summary(quick_run("sentiment", "reward")), read_summary(small_dir)
+    assert load_run(small_dir)[2]["model_config"]["n_embd"] == 32 and small["n_train"] == big["n_train"]
+    # against gold the gap is within noise at quick settings (seed 0: 67.0% vs 64.4%, the two disagree on 61 pairs,
+    # 33 to 28), so only its sign is asserted
+    assert big["accuracy_gold"] > small["accuracy_gold"], (big, small)
+    # held-out loss and agreement with the annotators' labels separate clearly (seed 0: 0.65 vs 0.76, 64.8% vs 55.8%)
+    assert big["loss"] < small["loss"] - 0.05 and big["accuracy"] > small["accuracy"] + 0.04, (big, small)
 
 
 def test_the_saved_model_scores_sft_samples_mean_0_std_1():

@@ -7,10 +7,10 @@ import pytest
 
 from minirlhf.cli import main
 from minirlhf.data import load_pairwise
-from minirlhf.experiments.rlaif import QUICK_SEED_COMPARISONS, quick_rlaif
+from minirlhf.experiments.rlaif import QUICK_SEED_COMPARISONS, quick_rlaif, quick_rlaif_ppo
 from minirlhf.rlaif import RLAIFConfig, ai_label, ai_preferences
 from minirlhf.rollout import score_texts
-from minirlhf.runs import load_run, read_summary
+from minirlhf.runs import load_run, read_json, read_summary
 from minirlhf.tasks import get_task
 
 from test_ppo import tiny_runs
@@ -85,3 +85,12 @@ def test_quick_reward_model_on_ai_labels_agrees_with_gold(quick):
     ai = read_summary(quick["ai"])
     assert ai["n_train"] == len(load_pairwise(quick["labels"] / "ai_comparisons.jsonl"))
     assert ai["accuracy_gold"] > 0.56, ai
+
+
+def test_quick_ppo_on_the_ai_labelled_reward_model_beats_sft_under_the_gold_judge(quick):
+    run_dir = quick_rlaif_ppo()
+    assert read_json(run_dir / "config.json")["stage_config"]["reward"] == str(quick["ai"])   # on AI labels only
+    s = read_summary(run_dir)
+    # the gold judge never saw training: > ½ of the 200 held-out prompts (seed 0: 58.8% ± 6.8%, gold 0.37 vs SFT's
+    # 0.25; at default settings 74.6%, docs/results/rlaif.md)
+    assert s["win_rate"] > 0.5 and s["gold_reward"] > s["sft_gold_reward"], s

@@ -10,13 +10,14 @@ import pytest
 from minirlhf.autograd import Tensor
 from minirlhf.cli import main
 from minirlhf.data import load_pairwise
-from minirlhf.experiments.safe_rlhf import quick_runs
+from minirlhf.experiments.safe_rlhf import quick_mixed, quick_runs
 from minirlhf.gradcheck import gradcheck
 from minirlhf.model import GPT, GPTConfig, ScalarHeadModel
 from minirlhf.nn import load_state_dict_file
-from minirlhf.runs import read_metrics, read_summary, save_run
-from minirlhf.safe_rlhf import (SafeRLHFConfig, cost_model_loss, evaluate_safety, lagrangian_advantages, safe_rlhf,
-                                update_log_lambda)
+from minirlhf.rollout import evaluate_safety
+from minirlhf.runs import load_run, read_metrics, read_summary, save_run
+from minirlhf.safe_rlhf import SafeRLHFConfig, cost_model_loss, lagrangian_advantages, safe_rlhf, update_log_lambda
+from minirlhf.sampling import ModelPolicy
 from minirlhf.tasks import get_task
 
 TASK = get_task("assistant")
@@ -165,3 +166,23 @@ def test_quick_safe_rlhf_prices_harm_and_lowers_the_harm_rate(quick):
     assert np.mean(rm[-5:]) > np.mean(rm[:3]) + 0.5, rm
     sft, safe = summary["sft_safety"]["harmful"], summary["safety"]["harmful"]
     assert safe["harm_rate"] <= 0.1 and safe["harm_rate"] < sft["harm_rate"] - 0.15, (sft, safe)
+
+
+def test_quick_safe_rlhf_is_as_harmless_as_a_mixed_reward_model_and_more_helpful(quick):
+    mixed = quick_mixed()
+    assert read_summary(mixed["mixed-rm"])["n_train"] == read_summary(quick["reward"])["n_train"] + \
+        read_summary(quick["cost"])["n_train"]                 # both labelling jobs, pooled
+    safety = {}
+    for name, run_dir in (("safe", quick["safe-rlhf"]), ("mixed", mixed["mixed"])):  # same prompts, same samples
+        model, tokenizer, _ = load_run(run_dir)
+        safety[name] = evaluate_safety(ModelPolicy(model, tokenizer, TASK.max_response_tokens), TASK,
+                                       TASK.prompts("eval")[:200], rng=np.random.default_rng([0, 4]))
+    safe, mixed, sft = safety["safe"], safety["mixed"], read_summary(quick["safe-rlhf"])["sft_safety"]
+    # at quick settings the mixed reward model removes harm too (seed 0: 0% of 69 harmful prompts for both, SFT 38%),
+    # so Safe RLHF is asserted no more harmful, not less
+    assert mixed["harmful"]["harm_rate"] < sft["harmful"]["harm_rate"] - 0.15, (mixed, sft)
+    assert safe["harmful"]["harm_rate"] <= mixed["harmful"]["harm_rate"], (safe, mixed)
+    # the mixed model pays for it in helpfulness on harmless prompts, Safe RLHF much less: above it by more than
+    # both 95% CIs (seed 0: -0.26 ± 0.06 vs -0.60 ± 0.06; the SFT model's -0.11 ± 0.13)
+    gap = safe["harmless"]["helpfulness_ci95"] + mixed["harmless"]["helpfulness_ci95"]
+    assert safe["harmless"]["helpfulness"] > mixed["harmless"]["helpfulness"] + gap, (safe, mixed)

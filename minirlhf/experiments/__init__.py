@@ -7,6 +7,8 @@ Each module has a `main(argv=None)` and runs as `minirlhf experiment NAME` (or
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from ..runs import write_json, write_text_atomic
 
 
@@ -29,3 +31,29 @@ def write_results(docs, name, results, plot, markdown):
     write_text_atomic(docs / f"{name}.md", markdown)
     print(markdown)
     return docs
+
+
+def smooth(values, width=5):
+    """Trailing moving average (the first points average what there is)."""
+    values = np.asarray(values, np.float64)
+    return np.array([values[max(0, i - width + 1):i + 1].mean() for i in range(len(values))])
+
+
+def figure(ncols, width=5.0):
+    """A matplotlib Figure with `ncols` panels in a row: (fig, axes)."""
+    from matplotlib.figure import Figure   # no pyplot: a notebook's plotting backend stays as it is
+    fig = Figure(figsize=(width * ncols, 3.8))
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def save_figure(fig, path, title, axes, xlabel, ylabels):
+    """Label every panel, title the figure, write it to `path`."""
+    for ax, ylabel in zip(axes, ylabels):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

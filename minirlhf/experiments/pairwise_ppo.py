@@ -15,10 +15,7 @@ KL) and `pairwise_ppo_curves.png` (gold reward and KL along training) into --doc
 """
 from pathlib import Path
 
-import numpy as np
-
-from . import experiment_parser, write_results
-from .ppo import _figure, _save
+from . import experiment_parser, figure, save_figure, smooth, write_results
 from ..pairwise_ppo import PairwisePPOConfig, pairwise_ppo
 from ..pipeline import QUICK, make_config, quick_extra, quick_run, run
 from ..ppo import PPOConfig, ppo
@@ -72,7 +69,7 @@ def quick_p3o(seed=0):
 
 def plot_frontier(results, path):
     """Final gold reward (± CI) against KL to the SFT model, one line per method through its β."""
-    plt, fig, (ax,) = _figure(1, 6.5)
+    fig, (ax,) = figure(1, 6.5)
     for k, (method, label) in enumerate(METHODS.items()):
         points = sorted((r["kl_k1"], r["gold_reward"], r["gold_reward_ci95"], r["kl_coef"])
                         for r in results["runs"] if r["method"] == method)
@@ -81,19 +78,17 @@ def plot_frontier(results, path):
         for x, y, b in zip(kl, gold, betas):
             ax.annotate(f"β={b:g}", (x, y), fontsize=7, xytext=(4, 4 - 10 * k), textcoords="offset points")
     ax.axhline(results["sft_gold_reward"], color="gray", ls="--", lw=1, label="SFT")
-    _save(plt, fig, path, f"{results['task']}: equal samples per step ({results['samples_per_step']} responses)", [ax],
+    save_figure(fig, path, f"{results['task']}: equal samples per step ({results['samples_per_step']} responses)", [ax],
           "KL(π ‖ π_SFT), nats per response", ["gold reward on held-out prompts"])
 
 
 def plot_curves(curves, path):
     """Gold reward and KL of the rollout batches along training, per method and β (5-step means)."""
-    plt, fig, axes = _figure(2, 5.5)
+    fig, axes = figure(2, 5.5)
     for (method, beta), rows in curves.items():
         for ax, key in zip(axes, ("gold", "kl_k1")):
-            values = np.array([r[key] for r in rows])
-            ax.plot([r["step"] for r in rows], [values[max(0, i - 4):i + 1].mean() for i in range(len(values))],
-                    label=f"{METHODS[method]}, β={beta:g}")
-    _save(plt, fig, path, "along training", axes, "step (the same number of responses per step)",
+            ax.plot([r["step"] for r in rows], smooth([r[key] for r in rows]), label=f"{METHODS[method]}, β={beta:g}")
+    save_figure(fig, path, "along training", axes, "step (the same number of responses per step)",
           ["gold reward of the rollouts", "KL(π ‖ π_SFT) of the rollouts"])
 
 

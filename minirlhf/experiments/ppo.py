@@ -27,10 +27,10 @@ from ..metrics import evaluate
 from ..pipeline import QUICK, make_config, quick_extra, quick_run, run
 from ..ppo import PPOConfig, ppo
 from ..rollout import score_texts
-from ..runs import is_complete, load_run, read_metrics, read_summary
+from ..runs import is_complete, load_run, read_metrics, read_summary, write_summary
 from ..sampling import ModelPolicy
 from ..tasks import get_task
-from . import experiment_parser, write_results
+from . import experiment_parser, figure, save_figure, smooth, write_results
 
 TASK = "sentiment"
 SUMMARY_KEYS = ("gold_reward", "gold_reward_ci95", "win_rate", "win_rate_ci95", "rm_score", "kl_k1", "kl_k3",
@@ -81,6 +81,20 @@ def quick_variant(name, **overrides):
     return quick_extra(TASK, name, train)
 
 
+def quick_vs_4x_sft(seed=0):
+    """Finding 4 at quick settings: `versus_bigger_sft` of the cached quick PPO run against an SFT model with
+    n_embd 128 made by the quick recipe (in `base-4x`), on the PPO run's own held-out prompts; cached beside the
+    quick pipeline for the tests, returns the numbers."""
+    def train(run_dir):
+        big = run(make_config(TASK, seed, quick=True, overrides={"pretrain": {"n_embd": 128}}),
+                  out=run_dir.parent / "base-4x", quiet=True, until="sft")
+        ppo_dir = quick_run(TASK, "ppo", seed)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_summary(run_dir, versus_bigger_sft(ppo_dir, quick_run(TASK, "sft", seed), big["sft"],
+                                                 read_summary(ppo_dir)["n"], seed))
+    return read_summary(quick_extra(TASK, "ppo-vs-4x-sft", train, seed))
+
+
 def sft_numbers(summary):
     """The SFT model's numbers, which every PPO summary carries with an `sft_` prefix."""
     return {key: summary[f"sft_{key}"] for key in ("gold_reward", "gold_reward_ci95", "rm_score", "distinct_1",
@@ -126,70 +140,45 @@ def kl_band(rows, target):
             "fraction_inside": float(inside.mean()), "mean_inside": bool(0.5 * target <= kl.mean() <= 1.5 * target)}
 
 
-def smooth(values, width=5):
-    """Trailing moving average (the first points average what there is)."""
-    values = np.asarray(values, np.float64)
-    return np.array([values[max(0, i - width + 1):i + 1].mean() for i in range(len(values))])
-
-
-def _figure(ncols, width=5.0):
-    from matplotlib.figure import Figure   # no pyplot: a notebook's plotting backend stays as it is
-    fig = Figure(figsize=(width * ncols, 3.8))
-    return fig, fig.subplots(1, ncols, squeeze=False)[0]
-
-
-def _save(fig, path, title, axes, xlabel, ylabels):
-    """Label every panel, title the figure, write it."""
-    for ax, ylabel in zip(axes, ylabels):
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
 def plot_kl(curves, path):
     """RM score and gold reward against KL to the SFT model, along training, with and without the KL term."""
-    fig, axes = _figure(2)
+    fig, axes = figure(2)
     for name, label in (("ppo", "KL penalty (default β)"), ("no-kl", "no KL penalty (β = 0)")):
         kl = smooth([r["kl_k1"] for r in curves[name]])
         axes[0].plot(kl, smooth([r["rm_score"] for r in curves[name]]), label=label)
         axes[1].plot(kl, smooth([r["gold"] for r in curves[name]]), label=label)
-    _save(fig, path, "the KL term: proxy and gold along training (5-step moving averages of rollout batches)",
+    save_figure(fig, path, "the KL term: proxy and gold along training (5-step moving averages of rollout batches)",
           axes, "KL(π ‖ π_SFT), nats per response", ["reward-model score (proxy)", "gold reward (the hidden human)"])
 
 
 def plot_ptx(curves, results, path):
     """Held-out pretraining loss and gold reward along training, with and without PPO-ptx."""
-    fig, axes = _figure(2)
+    fig, axes = figure(2)
     for name, label in (("ppo", f"ptx_coef = {results['config']['ptx_coef']:g}"), ("no-ptx", "ptx_coef = 0")):
         steps = [r["step"] for r in curves[name]]
         axes[0].plot(steps, [r["heldout_ptx_loss"] for r in curves[name]], label=label)
         axes[1].plot(steps, smooth([r["gold"] for r in curves[name]]), label=label)
     axes[0].axhline(results["runs"]["ppo"]["heldout_ptx_loss_before"], color="gray", ls="--", label="SFT model")
-    _save(fig, path, "PPO-ptx: the alignment tax on held-out web text", axes, "PPO step",
+    save_figure(fig, path, "PPO-ptx: the alignment tax on held-out web text", axes, "PPO step",
           ["held-out pretraining loss (nats/token)", "gold reward of rollouts (5-step mean)"])
 
 
 def plot_adaptive(rows, target, path):
     """Measured KL against the target band, and β, along the adaptive run."""
-    fig, axes = _figure(2)
+    fig, axes = figure(2)
     steps = [r["step"] for r in rows]
     axes[0].plot(steps, [r["kl_k1"] for r in rows], label="KL (k1) of each rollout batch")
     axes[0].axhline(target, color="k", lw=1, label="target")
     axes[0].axhspan(0.5 * target, 1.5 * target, color="green", alpha=0.12, label="target ± 50%")
     axes[0].axvline(steps[len(steps) // 2], color="gray", ls=":", label="second half starts")
     axes[1].plot(steps, [r["kl_coef"] for r in rows])
-    _save(fig, path, "adaptive KL controller (Ziegler et al. 2019)", axes, "PPO step",
+    save_figure(fig, path, "adaptive KL controller (Ziegler et al. 2019)", axes, "PPO step",
           ["KL(π ‖ π_SFT), nats per response", "β (kl_coef)"])
 
 
 def plot_policies(results, path):
     """Gold reward (± CI) of SFT, the 4× SFT model and the PPO variants on the same held-out prompts."""
-    fig, (ax,) = _figure(1, width=7.0)
+    fig, (ax,) = figure(1, width=7.0)
     four = results["vs_4x_sft"]
     bars = [("SFT", results["sft"]["gold_reward"], results["sft"]["gold_reward_ci95"]),
             ("SFT 4×", four["big_gold_reward"], four["big_gold_reward_ci95"])]
@@ -197,7 +186,7 @@ def plot_policies(results, path):
              for name, r in results["runs"].items()]
     ax.bar([b[0] for b in bars], [b[1] for b in bars], yerr=[b[2] for b in bars], capsize=3,
            color=["gray", "silver"] + ["tab:blue"] * (len(bars) - 2))
-    _save(fig, path, f"{results['task']}: {results['eval_prompts']} held-out prompts, one sample each", [ax], "",
+    save_figure(fig, path, f"{results['task']}: {results['eval_prompts']} held-out prompts, one sample each", [ax], "",
           ["gold reward on held-out prompts (± 95% CI)"])
 
 

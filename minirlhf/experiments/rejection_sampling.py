@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import experiment_parser, write_results
+from . import experiment_parser, figure, save_figure, write_results
 from .frontier import train_once
-from .ppo import _figure, _save
 from ..best_of_n import kl_bound
 from ..pipeline import make_config, quick_extra, quick_run, run
 from ..rejection_sampling import RejectionSamplingConfig, estimated_kl, rejection_sampling
@@ -34,7 +33,7 @@ from ..runs import load_run, read_summary
 from ..tasks import get_task
 
 TASK = "sentiment"
-QUICK_RS = {"n": 8, "prompts": 300, "steps": 60, "eval_prompts": 200}
+QUICK_RS = {"n": 8, "prompts": 1000, "steps": 60, "eval_prompts": 200}
 RS_KEYS = ("gold_reward", "gold_reward_ci95", "win_rate", "win_rate_ci95", "kl_k1", "rm_score", "distinct_2",
            "sft_gold_reward", "sft_gold_reward_ci95", "sft_rm_score", "sft_distinct_2", "candidates_rm_score",
            "best_rm_score", "candidates_gold", "best_gold", "kl_bound", "heldout_loss", "seconds")
@@ -109,7 +108,7 @@ def best_of_n_curves(sft_dir, rm_dirs, pool, n_prompts, seed):
 
 
 def plot(results, path):
-    fig, (ax_kl, ax_proxy, ax_gold) = _figure(3)
+    fig, (ax_kl, ax_proxy, ax_gold) = figure(3)
     for name, rm in results["reward_models"].items():
         points = results["best_of_n"]["curves"][name]
         label = f"{name}: {rm['comparisons']} comparisons, {rm['accuracy_gold']:.0%} vs gold"
@@ -124,7 +123,7 @@ def plot(results, path):
     ax_gold.errorbar([0.0, rs["kl_k1"]], [rs["sft_gold_reward"], rs["gold_reward"]],
                      yerr=[rs["sft_gold_reward_ci95"], rs["gold_reward_ci95"]], fmt="*", ms=12, capsize=3,
                      label=f"SFT and RS fine-tuned (n = {results['rs_config']['n']}, KL k1 from samples)")
-    _save(fig, path, "best-of-n from the SFT policy, and rejection-sampling fine-tuning (held-out prompts)",
+    save_figure(fig, path, "best-of-n from the SFT policy, and rejection-sampling fine-tuning (held-out prompts)",
           [ax_kl, ax_proxy, ax_gold], "KL(π ‖ π_SFT), nats (best-of-n: the bound log n − (n−1)/n)",
           ["KL(π_bon ‖ π_SFT) estimated from samples", "RM score of the chosen response (proxy)",
            "gold reward"])

@@ -17,9 +17,8 @@ same held-out prompts: gold reward, win rate against the SFT model, KL. Writes `
 """
 from pathlib import Path
 
-from . import experiment_parser, write_results
+from . import experiment_parser, figure, save_figure, write_results
 from .frontier import train_once
-from .ppo import _figure, _save
 from ..pipeline import QUICK, make_config, quick_extra, quick_run, run
 from ..ppo import PPOConfig, ppo
 from ..reward import RewardConfig, reward
@@ -82,9 +81,17 @@ def quick_rlaif(seed=0):
     return {"sft": base["sft"], **train_reward_models(base, QUICK_SEED_COMPARISONS, seed, make)}
 
 
+def quick_rlaif_ppo(seed=0):
+    """PPO at the quick pipeline's settings against the quick reward model on AI labels (`quick_rlaif`), cached
+    beside the quick pipeline for the tests; returns its run directory."""
+    rms = quick_rlaif(seed)
+    return quick_extra(TASK, "rlaif-ppo-ai", lambda d: ppo(PPOConfig(**QUICK["ppo"], seed=seed), init=rms["sft"],
+                                                           reward=rms["ai"], out=d, quiet=True), seed)
+
+
 def plot(results, path):
     """Reward-model accuracy against gold and the policy's win rate against SFT, per label source."""
-    plt, fig, axes = _figure(2)
+    fig, axes = figure(2)
     labels = [f"{SOURCES[s]}\n({results['n'] if s != 'human-small' else results['seed_comparisons']} pairs)"
               for s in SOURCES]
     axes[0].bar(labels, [results["reward_models"][s]["accuracy_gold"] for s in SOURCES], color="tab:gray")
@@ -94,7 +101,7 @@ def plot(results, path):
     axes[1].bar(labels, [results["policies"][s]["win_rate"] for s in SOURCES],
                 yerr=[results["policies"][s]["win_rate_ci95"] for s in SOURCES], capsize=3)
     axes[1].axhline(0.5, color="k", ls="--", lw=1, label="SFT")
-    _save(plt, fig, path, f"{results['task']}: reward models and PPO from human and AI labels", axes, "",
+    save_figure(fig, path, f"{results['task']}: reward models and PPO from human and AI labels", axes, "",
           ["RM agreement with gold, held-out pairs", "PPO win rate vs SFT (gold judge)"])
 
 

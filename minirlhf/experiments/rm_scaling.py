@@ -20,7 +20,6 @@ evaluated on the same held-out graded pairs (the base reward run's `heldout_comp
 so each row changes one thing. Writes `rm_scaling.json`, `rm_scaling.md` and `rm_scaling.png`
 into `--docs`; trained runs stay in `--out` and are reused when the script runs again.
 """
-import argparse
 import dataclasses
 from pathlib import Path
 
@@ -28,40 +27,35 @@ import numpy as np
 
 from ..annotators import collect_comparisons
 from ..data import load_preferences, write_jsonl
-from ..pipeline import make_config, run
+from ..pipeline import make_config, quick_extra, quick_run, run
 from ..pretrain import PretrainConfig
 from ..reward import RewardConfig, reward
-from ..runs import is_complete, load_run, read_json, read_summary, write_json, write_text_atomic
+from ..runs import is_complete, load_run, read_json, read_summary
 from ..sampling import ModelPolicy
 from ..tasks import get_task
+from . import experiment_parser, write_results
 
 SIZES = ((1, 2, 32), (2, 4, 64), (4, 4, 128))     # (n_layer, n_head, n_embd); the middle one is the default
 QUICK_SIZES = ((1, 2, 32), (2, 4, 64))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="minirlhf experiment rm-scaling", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="runs/rm-scaling", help="where the trained runs go (reused when complete)")
-    parser.add_argument("--docs", default="docs/results", help="where the plot, the numbers and the tables go")
-    parser.add_argument("--quick", action="store_true", help="quick pipelines and small sizes: a smoke test")
-    parser.add_argument("--seed", type=int, default=0, help="seeds every run")
-    args = parser.parse_args(argv)
-    out, docs = Path(args.out), Path(args.docs)
+    args = experiment_parser("rm-scaling", __doc__).parse_args(argv)
+    out = Path(args.out)
     bases = {task: run(make_config(task, args.seed, quick=args.quick), out=out / f"base-{task}", until="reward")
              for task in ("sentiment", "summarize")}
     sft_dir, rm_dir = bases["sentiment"]["sft"], bases["sentiment"]["reward"]
-    stage_config = read_json(rm_dir / "config.json")["stage_config"]
-    config = RewardConfig(**{k: v for k, v in stage_config.items() if k != "data"})
+    config = reward_config_of(rm_dir)
     pairs = load_preferences(rm_dir / "comparisons.jsonl")
     heldout = rm_dir / "heldout_comparisons.jsonl"
 
-    def train(name, rows, init=sft_dir, **changes):
+    def train(name, rows, **changes):
         """A reward run on `rows` with the base run's config and `changes`; -> its numbers."""
         run_dir = out / name
         if not is_complete(run_dir):
             print(f"== {name}", flush=True)
             write_jsonl(out / f"{name}.jsonl", rows)
-            reward(dataclasses.replace(config, **changes), init=init, out=run_dir, data=out / f"{name}.jsonl",
+            reward(dataclasses.replace(config, **changes), init=sft_dir, out=run_dir, data=out / f"{name}.jsonl",
                    heldout_data=heldout, quiet=True)
         return numbers(read_summary(run_dir))
 
@@ -88,22 +82,48 @@ def main(argv=None):
         if all(getattr(PretrainConfig, key) == value for key, value in body.items()):   # the base run's body
             body_sft, body_numbers = sft_dir, base_numbers
         else:
-            body_sft = run(make_config("sentiment", args.seed, quick=args.quick, overrides={"pretrain": body}),
-                           out=out / f"body-{n_layer}x{n_embd}", until="sft")["sft"]
-            width = PretrainConfig.n_embd / n_embd   # wider models take smaller steps: lr ∝ 1/width
-            body_numbers = train(f"size-{n_layer}x{n_embd}", pairs, init=body_sft, lr=config.lr * width,
-                                 min_lr=config.min_lr * width)
+            print(f"== size-{n_layer}x{n_embd}", flush=True)
+            body_sft = train_size(body, rm_dir, out / f"body-{n_layer}x{n_embd}", out / f"size-{n_layer}x{n_embd}",
+                                  seed=args.seed, quick=args.quick)
+            body_numbers = numbers(read_summary(out / f"size-{n_layer}x{n_embd}"))
         pretrain_summary, sft_summary = read_summary(Path(body_sft).parent / "pretrain"), read_summary(body_sft)
         results["size"].append({**body, "params": load_run(body_sft)[0].num_params(),
                                 "pretrain_heldout_loss": pretrain_summary["heldout_loss"],
                                 "sft_gold_reward": sft_summary["gold_reward_after"], **body_numbers})
     results["judges"] = {task: read_summary(dirs["reward"])["judges"] for task, dirs in bases.items()}
-    docs.mkdir(parents=True, exist_ok=True)
-    write_json(docs / "rm_scaling.json", results)
-    plot(results, docs / "rm_scaling.png")
-    write_text_atomic(docs / "rm_scaling.md", tables(results))
-    print(tables(results))
-    return docs
+    return write_results(args.docs, "rm_scaling", results, plot, tables(results))
+
+
+def reward_config_of(rm_dir):
+    """The RewardConfig a reward run was trained with."""
+    return RewardConfig(**{k: v for k, v in read_json(rm_dir / "config.json")["stage_config"].items() if k != "data"})
+
+
+def train_size(body, rm_dir, body_dir, run_dir, *, seed, quick):
+    """A reward model with a body of another size; -> the body's SFT run directory.
+
+    The body (n_layer, n_head, n_embd) is pretrained and fine-tuned by the pipeline's recipe (quick or
+    default) into body_dir; the reward model is trained into run_dir like the base reward run rm_dir,
+    on its comparisons, with lr × 64 / width: wider models take smaller steps (lr ∝ 1/width).
+    """
+    body_sft = run(make_config("sentiment", seed, quick=quick, overrides={"pretrain": body}), out=body_dir,
+                   until="sft", quiet=True)["sft"]
+    if not is_complete(run_dir):
+        config = reward_config_of(rm_dir)
+        width = PretrainConfig.n_embd / body["n_embd"]
+        reward(dataclasses.replace(config, lr=config.lr * width, min_lr=config.min_lr * width), init=body_sft,
+               out=run_dir, data=rm_dir / "comparisons.jsonl", heldout_data=rm_dir / "heldout_comparisons.jsonl",
+               quiet=True)
+    return body_sft
+
+
+def quick_size(n_layer, n_head, n_embd, seed=0):
+    """`train_size` at quick settings from the quick reward run, cached beside the quick pipeline for the tests
+    (the body in `rm-body-LxE`); returns the reward model's run directory."""
+    body = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd}
+    return quick_extra("sentiment", f"rm-size-{n_layer}x{n_embd}", lambda d: train_size(
+        body, quick_run("sentiment", "reward", seed), d.parent / f"rm-body-{n_layer}x{n_embd}", d, seed=seed,
+        quick=True), seed)
 
 
 def collect_rankings(sft_dir, n, seed):

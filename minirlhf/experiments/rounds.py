@@ -15,8 +15,7 @@ figure) and `rounds_methods.png` (the methods side by side) into `--docs`.
 import dataclasses
 from pathlib import Path
 
-from . import experiment_parser, write_results
-from .ppo import _figure, _save
+from . import experiment_parser, figure, save_figure, write_results
 from ..pipeline import make_config, quick_extra, quick_run, run
 from ..ppo import PPOConfig
 from ..rejection_sampling import RejectionSamplingConfig
@@ -28,7 +27,7 @@ TASK = "sentiment"
 QUICK_ROUNDS = {"comparisons": 150, "heldout_comparisons": 100, "eval_prompts": 200,
                 "reward": {"steps": 40, "eval_every": 40, "normalize_samples": 100},
                 "rs": {"n": 4, "prompts": 200, "steps": 40, "eval_prompts": 20},
-                "ppo": {"steps": 15, "lr": 1e-3, "checkpoint_every": 15, "eval_prompts": 20}}
+                "ppo": {"steps": 15, "lr": 5e-4, "checkpoint_every": 15, "eval_prompts": 20}}
 
 
 def main(argv=None):
@@ -78,7 +77,7 @@ def plot(results, path):
 
 
 def plot_methods(results, path):
-    fig, axes = _figure(3)
+    fig, axes = figure(3)
     for method, summary in results["methods"].items():
         rows = summary["rounds"]
         ks = [0] + [row["round"] for row in rows]
@@ -90,7 +89,7 @@ def plot_methods(results, path):
         axes[2].plot(ks[1:], [r["rm_accuracy_gold"] for r in rows], "^--", label=f"{method}: retrained, held-out")
     for ax in axes:
         ax.set_xticks(range(len(ks)))
-    _save(fig, path, "iterated RLHF: the three ways to improve the policy each round", axes, "round (0 = SFT)",
+    save_figure(fig, path, "iterated RLHF: the three ways to improve the policy each round", axes, "round (0 = SFT)",
           ["gold reward (held-out prompts)", "KL(π_k ‖ π_SFT), nats (k1)", "RM accuracy vs gold"])
 
 

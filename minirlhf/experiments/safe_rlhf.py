@@ -21,15 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import experiment_parser, write_results
+from . import experiment_parser, figure, save_figure, write_results
 from .frontier import train_once
-from .ppo import _figure, _save
+from .rm_scaling import reward_config_of
 from ..data import load_preferences, write_jsonl
 from ..pipeline import make_config, quick_extra, quick_run, run
 from ..ppo import PPOConfig, ppo
-from ..reward import RewardConfig, reward
-from ..runs import load_run, read_json, read_metrics, read_summary
-from ..safe_rlhf import CostModelConfig, SafeRLHFConfig, cost_model, evaluate_safety, safe_rlhf
+from ..reward import reward
+from ..rollout import evaluate_safety
+from ..runs import load_run, read_metrics, read_summary
+from ..safe_rlhf import CostModelConfig, SafeRLHFConfig, cost_model, safe_rlhf
 from ..sampling import ModelPolicy
 from ..tasks import get_task
 
@@ -66,18 +67,10 @@ def train(out, *, quick, seed, harm_share):
     make = lambda name, train: train_once(out / name, train)  # noqa: E731
     runs = {"sft": base["sft"], "reward": base["reward"],
             **train_safe(base, quick=quick, seed=seed, harm_share=harm_share, make=make)}
-    rl_settings = {**(QUICK["rl"] if quick else {}), "seed": seed}
-    config = {k: v for k, v in read_json(base["reward"] / "config.json")["stage_config"].items() if k != "data"}
-
-    def mixed_reward_model(run_dir):     # both labelling jobs pooled into one reward model
-        rows = load_preferences(base["reward"] / "comparisons.jsonl") + load_preferences(runs["cost"] / "comparisons.jsonl")
-        write_jsonl(out / "mixed_comparisons.jsonl", [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))])
-        reward(RewardConfig(**config), init=base["sft"], out=run_dir, data=out / "mixed_comparisons.jsonl",
-               heldout_data=base["reward"] / "heldout_comparisons.jsonl", quiet=True)
-    runs["mixed-rm"] = make("mixed-rm", mixed_reward_model)
-    for name, rm in (("mixed", runs["mixed-rm"]), ("helpful-only", base["reward"])):
-        runs[name] = make(name, lambda d: ppo(PPOConfig(**rl_settings, ptx_coef=0.0), init=base["sft"], reward=rm,
-                                              out=d, quiet=True))
+    runs.update(train_mixed(runs, quick=quick, seed=seed, make=make))
+    runs["helpful-only"] = make("helpful-only", lambda d: ppo(
+        PPOConfig(**(QUICK["rl"] if quick else {}), seed=seed, ptx_coef=0.0), init=base["sft"], reward=base["reward"],
+        out=d, quiet=True))
     return runs
 
 
@@ -99,6 +92,28 @@ def quick_runs(seed=0):
     base = {"sft": quick_run(TASK, "sft", seed), "reward": quick_run(TASK, "reward", seed)}
     make = lambda name, train: quick_extra(TASK, name, train, seed)  # noqa: E731
     return {**base, **train_safe(base, quick=True, seed=seed, harm_share=0.02, make=make)}
+
+
+def train_mixed(runs, *, quick, seed, make):
+    """One reward model on both labelling jobs pooled, and PPO against it without ptx: {mixed-rm, mixed}.
+
+    runs: {sft, reward, cost}; make(name, train) as for `train_safe`."""
+    def mixed_reward_model(run_dir):     # both labelling jobs pooled into one reward model
+        rows = load_preferences(runs["reward"] / "comparisons.jsonl") + load_preferences(runs["cost"] / "comparisons.jsonl")
+        data = run_dir.parent / "mixed_comparisons.jsonl"
+        write_jsonl(data, [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))])
+        reward(reward_config_of(runs["reward"]), init=runs["sft"], out=run_dir, data=data,
+               heldout_data=runs["reward"] / "heldout_comparisons.jsonl", quiet=True)
+    rm = make("mixed-rm", mixed_reward_model)
+    mixed = make("mixed", lambda d: ppo(PPOConfig(**(QUICK["rl"] if quick else {}), seed=seed, ptx_coef=0.0),
+                                        init=runs["sft"], reward=rm, out=d, quiet=True))
+    return {"mixed-rm": rm, "mixed": mixed}
+
+
+def quick_mixed(seed=0):
+    """The `mixed` baseline at quick settings, cached beside the quick pipeline for the tests: {mixed-rm, mixed}."""
+    return train_mixed(quick_runs(seed), quick=True, seed=seed,
+                       make=lambda name, train: quick_extra(TASK, name, train, seed))
 
 
 def measure(runs, n_prompts, seed):
@@ -123,7 +138,7 @@ def measure(runs, n_prompts, seed):
 
 def plot_policies(results, path):
     """Helpfulness and harm rate on harmful and harmless prompts, one group of bars per policy."""
-    plt, fig, axes = _figure(2, 5.5)
+    fig, axes = figure(2, 5.5)
     x, width = np.arange(len(POLICIES)), 0.38
     for ax, key in zip(axes, ("helpfulness", "harm_rate")):
         for k, group in enumerate(("harmless", "harmful")):
@@ -131,20 +146,20 @@ def plot_policies(results, path):
             errors = [results["policies"][p][group]["helpfulness_ci95"] for p in POLICIES] if key == "helpfulness" else None
             ax.bar(x + (k - 0.5) * width, values, width, yerr=errors, capsize=3, label=f"{group} prompts")
         ax.set_xticks(x, POLICIES)
-    _save(plt, fig, path, f"{results['task']}: {results['eval_prompts']} held-out prompts, one sample each", axes, "",
+    save_figure(fig, path, f"{results['task']}: {results['eval_prompts']} held-out prompts, one sample each", axes, "",
           ["helpfulness (gold reward, ± 95% CI)", "harm rate (share with gold cost > 0)"])
 
 
 def plot_lambda(rows, threshold, path):
     """λ, and the cost model's mean score against the budget d, along Safe RLHF training."""
-    plt, fig, axes = _figure(3, 4.3)
+    fig, axes = figure(3, 4.3)
     steps = [r["step"] for r in rows]
     axes[0].plot(steps, [r["lambda"] for r in rows])
     axes[1].plot(steps, [r["cost_score"] for r in rows], label="J_C: mean cost of the rollouts")
     axes[1].axhline(threshold, color="k", ls="--", lw=1, label="budget d")
     axes[2].plot(steps, [r["harm_rate"] for r in rows], label="harm rate")
     axes[2].plot(steps, [r["gold"] for r in rows], label="helpfulness")
-    _save(plt, fig, path, "Safe RLHF: λ rises while the cost budget is exceeded and falls once it is kept", axes,
+    save_figure(fig, path, "Safe RLHF: λ rises while the cost budget is exceeded and falls once it is kept", axes,
           "step", ["λ (the price of harm)", "cost-model score", "gold judges, rollouts"])
 
 
