@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from minirlhf.experiments import frontier, pairwise_ppo, ppo, rlaif, rm_scaling, safe_rlhf, write_results
+from minirlhf.experiments import (frontier, pairwise_ppo, ppo, rejection_sampling, rlaif, rm_scaling, rounds,
+                                  safe_rlhf, write_results)
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -23,6 +24,8 @@ EXPERIMENTS = {   # name in docs/results: (the module's plot, its Markdown)
     "rlaif": (rlaif.plot, rlaif.table),
     "safe_rlhf": (safe_rlhf.plot_policies, safe_rlhf.table),
     "pairwise_ppo": (pairwise_ppo.plot_frontier, pairwise_ppo.table),
+    "rejection_sampling": (rejection_sampling.plot, rejection_sampling.table),
+    "rounds": (rounds.plot, rounds.table),
 }
 
 
@@ -70,3 +73,8 @@ def test_pairwise_ppo_curve_plot(tmp_path):
     curves = {(method, beta): metrics_log("gold", "kl_k1") for method in pairwise_ppo.METHODS for beta in (0.05, 0.2)}
     pairwise_ppo.plot_curves(curves, tmp_path / "pairwise_ppo_curves.png")
     assert_png(tmp_path / "pairwise_ppo_curves.png")
+
+
+def test_rounds_methods_plot(tmp_path):
+    rounds.plot_methods(committed("rounds"), tmp_path / "rounds_methods.png")
+    assert_png(tmp_path / "rounds_methods.png")
