@@ -31,10 +31,10 @@ def main(argv=None):
     for name in ["report.md", "results.json", *re.findall(r"\]\(([^)]+\.png)\)", report)]:
         (published / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / name, published / name)
+    section = readme_section(read_json(published / "results.json"), published)
     readme = Path(args.readme)
-    write_text_atomic(readme, replace_section(readme.read_text(encoding="utf-8"),
-                                              readme_section(read_json(published / "results.json"), published)))
-    print(readme_section(read_json(published / "results.json"), published))
+    write_text_atomic(readme, replace_section(readme.read_text(encoding="utf-8"), section))
+    print(section)
 
 
 def readme_section(results, published=Path("docs/results/pipeline")):
