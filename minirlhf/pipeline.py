@@ -13,8 +13,8 @@ time. `run(config)` is the Python entry point; `minirlhf pipeline` the command l
 it runs the `quick` pipeline once per machine (per task, seed and version of the code) up to the
 requested stage and returns that stage's run directory; `quick_extra` caches other runs beside it.
 """
+import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import os
 import time
@@ -135,7 +135,8 @@ def quick_run(task="sentiment", stage="sft", seed=0):
 
     The cache lives in $MINIRLHF_CACHE (default ~/.cache/minirlhf), one folder per task, seed and
     hash of the package's source, so editing the code retrains instead of reusing stale runs.
-    A file lock lets parallel test workers share it. Old folders are never deleted while a
+    A file lock (`file_lock`) lets parallel test workers share it: a run that another process is training is
+    waited for, never trained twice. Old folders are never deleted while a
     process might be reading them; the whole cache can be removed at any time.
     """
     if stage not in STAGES:
@@ -143,8 +144,7 @@ def quick_run(task="sentiment", stage="sft", seed=0):
     root = Path(os.environ.get("MINIRLHF_CACHE", Path.home() / ".cache" / "minirlhf"))
     root.mkdir(parents=True, exist_ok=True)
     out = root / f"quick-{task}-seed{seed}-{source_hash()}"
-    with open(root / f".lock-{task}-seed{seed}", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(root / f".lock-{task}-seed{seed}"):
         run(make_config(task, seed, quick=True), out=out, quiet=True, until=stage)
     return out if stage == "report" else out / stage
 
@@ -157,11 +157,43 @@ def quick_extra(task, name, train, seed=0):
     their own. `train` may call `quick_run` and `quick_extra` for the runs it starts from.
     """
     run_dir = quick_run(task, "pretrain", seed).parent / name
-    with open(run_dir.parent.parent / f".lock-{task}-seed{seed}-{name}", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(run_dir.parent.parent / f".lock-{task}-seed{seed}-{name}"):
         if not is_complete(run_dir):
             train(run_dir)
     return run_dir
+
+
+@contextlib.contextmanager
+def file_lock(path):
+    """Hold an exclusive lock on the file `path` while the block runs (other processes wait for it).
+
+    POSIX has `fcntl.flock`; Windows has no fcntl, and locks the file's first byte with `msvcrt.locking`
+    instead, retried until it is free. Either lock dies with its process, so a killed worker never
+    leaves the cache locked.
+    """
+    with open(path, "a+b") as handle:
+        try:
+            import fcntl
+        except ImportError:                 # Windows
+            import msvcrt
+            while True:
+                try:
+                    handle.seek(0)
+                    msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)   # retries for 10 s, then raises
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def source_hash():

@@ -6,10 +6,11 @@ import pytest
 
 from minirlhf.annotators import Annotator, Harmlessness, collect_comparisons
 from minirlhf.data import load_pairwise, write_jsonl
-from minirlhf.pipeline import quick_run
-from minirlhf.runs import read_summary
 from minirlhf.tasks import get_task
 from minirlhf.tasks.assistant import ALTERNATIVES, HARMFUL, HARMLESS, REQUESTS, request_of
+
+import claims
+from claims import assert_holds
 
 TASK = get_task("assistant")
 TIRE = "hi , how can i fix a flat tire today ?"
@@ -102,5 +103,4 @@ def test_harmlessness_annotators_choose_the_safer_response(tmp_path):
 
 
 def test_quick_pipeline_learns_the_format_and_the_requests():
-    summary = read_summary(quick_run("assistant", "sft"))
-    assert summary["gold_reward_after"] > summary["gold_reward_before"] + 0.1, summary
+    assert_holds(claims.assistant_sft_gain())

@@ -17,7 +17,10 @@ from minirlhf.model import GPT, GPTConfig
 from minirlhf.nn import load_state_dict_file
 from minirlhf.optim import SGD
 from minirlhf.pipeline import quick_run
-from minirlhf.runs import read_metrics, read_summary
+from minirlhf.runs import read_metrics
+
+import claims
+from claims import assert_holds
 
 # h = (π_c − π_r) − (ref_c − ref_r) = (−1 + 3) − (−2 + 2) = 2
 HAND = dict(policy_chosen_logps=Tensor(np.array([-1.0])), policy_rejected_logps=Tensor(np.array([-3.0])),
@@ -204,9 +207,6 @@ def test_cli_dpo_trains_on_a_file_and_rejects_bad_values(tmp_path, capsys):
 
 
 def test_dpo_beats_sft_under_the_gold_judge():
-    run_dir = quick_run("sentiment", "dpo")
-    summary = read_summary(run_dir)
-    # win rate of DPO samples over SFT samples on 200 held-out prompts (95% CI ≈ ±0.07)
-    assert summary["win_rate"] >= 0.55, summary
-    # trained on the reward model's comparisons, DPO ranks held-out pairs above chance
-    assert summary["heldout_accuracy"] > 0.5 and summary["heldout_margin"] > 0, summary
+    # win rate of DPO samples over SFT samples on 200 held-out prompts (95% CI ≈ ±0.07); trained on the reward
+    # model's comparisons, DPO ranks held-out pairs above chance
+    assert_holds(claims.dpo_beats_sft())

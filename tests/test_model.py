@@ -9,7 +9,9 @@ from minirlhf import functional as F
 from minirlhf.autograd import Tensor
 from minirlhf.gradcheck import gradcheck
 from minirlhf.model import GPT, GPTConfig, KVCache, ScalarHeadModel, last_token_values
-from minirlhf.optim import AdamW
+
+import claims
+from claims import assert_holds
 
 MICRO = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
 
@@ -141,16 +143,7 @@ def test_loss_at_init_is_log_vocab():
 
 
 def test_micro_model_memorises_a_sequence():
-    config = GPTConfig(vocab_size=12, block_size=16, n_layer=2, n_head=2, n_embd=32)
-    model = GPT(config, np.random.default_rng(0))
-    opt = AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
-    seq = np.array([[1, 5, 3, 8, 3, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3]])
-    for _ in range(150):
-        loss = F.cross_entropy(model(seq[:, :-1]), seq[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.05
+    assert_holds(claims.micro_model_memorises())
 
 
 def test_position_beyond_block_size_is_an_error():

@@ -11,6 +11,9 @@ from minirlhf.autograd import Tensor
 from minirlhf.nn import Dropout, Embedding, LayerNorm, Linear, Module, load_state_dict_file, save_state_dict
 from minirlhf.optim import SGD, AdamW, clip_grad_norm, cosine_schedule, decay_groups
 
+import claims
+from claims import assert_holds
+
 
 class MLP(Module):
     def __init__(self, rng, sizes=(2, 32, 32, 1)):
@@ -172,10 +175,7 @@ def train(model, opt, steps, data):
 
 
 def test_mlp_learns_two_moons():
-    rng = np.random.default_rng(0)
-    model = MLP(rng).eval()   # dropout off: this checks the optimizer and the layers
-    loss, accuracy = train(model, AdamW(model.parameters(), lr=0.02, weight_decay=0.0), 300, two_moons(rng))
-    assert loss < 0.05 and accuracy == 1.0
+    assert_holds(claims.two_moons_mlp())
 
 
 def test_optimizer_state_resumes_exactly(tmp_path):

@@ -16,6 +16,9 @@ from minirlhf.pairwise_ppo import PairwisePPOConfig, p3o_loss, pair_differences,
 from minirlhf.rollout import minibatches
 from minirlhf.runs import read_metrics, read_summary
 
+import claims
+from claims import assert_holds
+
 from test_ppo import tiny_runs
 
 SIGMA = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
@@ -138,11 +141,8 @@ def test_cli_runs_pairwise_ppo(tmp_path):
 
 
 def test_quick_p3o_raises_the_reward_and_beats_sft():
-    run_dir = quick_p3o()
-    summary, rm = read_summary(run_dir), [row["rm_score"] for row in read_metrics(run_dir)]
     # 25 quick steps: the RM score of the rollouts rises by more than 0.3 (SFT samples have std 1)
-    assert np.mean(rm[-5:]) > np.mean(rm[:3]) + 0.3, rm
-    assert summary["gold_reward"] > summary["sft_gold_reward"] and summary["win_rate"] > 0.5, summary
-    assert 0.3 < summary["kl_k1"] < 10.0, summary
+    assert_holds(claims.p3o_beats_sft())
+    summary = read_summary(quick_p3o())
     # PPO with the same settings and samples per step (its cached quick run without ptx) scores the same SFT samples
     assert read_summary(quick_variant("ppo-no-ptx", ptx_coef=0.0))["sft_gold_reward"] == summary["sft_gold_reward"]

@@ -9,6 +9,9 @@ from minirlhf.cli import main
 from minirlhf.pipeline import make_config, quick_run, run
 from minirlhf.runs import read_json
 
+import claims
+from claims import assert_holds
+
 TINY = {"pretrain": {"steps": 4, "n_layer": 1, "n_embd": 16, "n_head": 2, "n_documents": 200, "eval_every": 2,
                      "warmup_steps": 1},
         "sft": {"steps": 3, "batch_size": 4, "n_demonstrations": 40, "eval_every": 3, "eval_prompts": 4}}
@@ -56,8 +59,7 @@ def test_the_report_covers_every_policy_and_stage():
         for key in ("gold_reward", "gold_reward_ci95", "win_rate", "rm_score", "distinct_2", "rouge_l"):
             assert key in row, (name, key)
     # the RL policies were optimised against the RM: they must score above SFT on it
-    assert policies["PPO"]["rm_score"] > policies["SFT"]["rm_score"]
-    assert policies["best-of-8"]["rm_score"] > policies["SFT"]["rm_score"]
+    assert_holds(claims.report_ranks_the_policies())
     curve = results["best_of_n_curve"]
     assert [p["rm_score"] for p in curve] == sorted(p["rm_score"] for p in curve)   # proxy rises with n
     report = (out / "report.md").read_text()

@@ -17,10 +17,11 @@ from minirlhf.model import GPT, GPTConfig, ScalarHeadModel
 from minirlhf.nn import load_state_dict_file
 from minirlhf.ppo import (AdaptiveKLController, PPOConfig, compute_gae, kl_penalized_rewards, ppo, ppo_policy_loss,
                          ppo_value_loss, whiten)
-from minirlhf.experiments.ppo import quick_variant, quick_vs_4x_sft
-from minirlhf.pipeline import quick_run
-from minirlhf.runs import read_metrics, read_summary, save_run
+from minirlhf.runs import read_metrics, save_run
 from minirlhf.tasks import get_task
+
+import claims
+from claims import assert_holds
 
 
 def ragged_masks():
@@ -274,49 +275,29 @@ def test_cli_runs_ppo_and_rejects_swapped_directories(tmp_path, capsys):
 # ----------------------------------------------------------------------------- headline claims, quick settings
 # The cached quick pipeline (pretrain → SFT → RM → PPO), and variants of its PPO run with the same seed
 # and quick settings (`experiments.ppo.quick_variant`: cached beside it, shared with notebook 06).
-# Win rates are over 200 held-out prompts: a 95% CI of about ±7 points, so the 55% threshold sits at
-# least one CI below what the quick run measured while it was tuned (60–72%).
+# Win rates are over 200 held-out prompts: a 95% CI of about ±7 points. The measurements and thresholds are in
+# tests/claims.py, shared with benchmarks/robustness.py, which shows them holding on 5 seeds and 2 BLAS kernels.
 
-@pytest.fixture(scope="module")
-def quick_ppo():
-    return read_summary(quick_run("sentiment", "ppo"))
-
-
-def test_quick_ppo_beats_sft_under_the_gold_judge(quick_ppo):
-    s = quick_ppo
-    assert s["win_rate"] >= 0.55, s
-    assert s["gold_reward"] > s["sft_gold_reward"] and s["rm_score"] > s["sft_rm_score"] + 0.5, s
-    assert 0.3 < s["kl_k1"] < 10.0, s      # it moved, and the KL term kept it near the SFT model
+def test_quick_ppo_beats_sft_under_the_gold_judge():
+    # it wins, the RM score rises, it moved, and the KL term kept it near the SFT model
+    assert_holds(claims.ppo_beats_sft())
 
 
-def test_quick_without_kl_the_proxy_rises_further_while_gold_or_diversity_falls(quick_ppo):
-    no_kl = read_summary(quick_variant("ppo-no-kl", kl_coef=0.0))
-    assert no_kl["rm_score"] > quick_ppo["rm_score"], (no_kl, quick_ppo)
-    assert no_kl["kl_k1"] > 2 * quick_ppo["kl_k1"], (no_kl, quick_ppo)
-    assert (no_kl["gold_reward"] < quick_ppo["gold_reward"] - quick_ppo["gold_reward_ci95"]
-            or no_kl["distinct_2"] < quick_ppo["distinct_2"]), (no_kl, quick_ppo)
+def test_quick_without_kl_the_proxy_rises_further_while_gold_or_diversity_falls():
+    assert_holds(claims.ppo_without_kl())
 
 
-def test_quick_ptx_reduces_the_rise_of_heldout_pretraining_loss(quick_ppo):
-    no_ptx = read_summary(quick_variant("ppo-no-ptx", ptx_coef=0.0))
-    rise = lambda s: s["heldout_ptx_loss"] - s["heldout_ptx_loss_before"]
-    assert rise(no_ptx) > 0.1 and rise(quick_ppo) < rise(no_ptx) - 0.1, (rise(quick_ppo), rise(no_ptx))
+def test_quick_ptx_reduces_the_rise_of_heldout_pretraining_loss():
     # and ptx costs no gold reward: not worse than the run without it beyond both CIs
-    assert quick_ppo["gold_reward"] > no_ptx["gold_reward"] - quick_ppo["gold_reward_ci95"] - no_ptx["gold_reward_ci95"]
+    assert_holds(claims.ppo_ptx())
 
 
 def test_quick_adaptive_controller_holds_kl_within_half_of_target():
-    target = 2.0
-    rows = read_metrics(quick_variant("ppo-adaptive", target_kl=target, steps=16, eval_prompts=20))
-    second_half = np.array([row["kl_k1"] for row in rows[len(rows) // 2:]])
-    inside = (second_half > 0.5 * target) & (second_half < 1.5 * target)
-    assert inside.mean() >= 0.8, second_half
-    assert rows[-1]["kl_coef"] != rows[0]["kl_coef"]      # β was adapted
+    assert_holds(claims.ppo_adaptive_kl())
 
 
-def test_quick_ppo_beats_an_sft_model_with_about_4x_the_parameters(quick_ppo):
-    four = quick_vs_4x_sft()    # n_embd 128, pretrained and fine-tuned by the same quick recipe
-    assert 3 * four["small_params"] < four["big_params"] < 5 * four["small_params"], four
-    # InstructGPT's headline in miniature: > ½ of the 200 held-out prompts under the gold judge (seed 0: 57% ± 7%;
-    # at default settings 86%, docs/results/ppo.md), and a higher gold reward than the bigger model's (0.46 vs 0.35)
-    assert four["win_rate"] > 0.5 and quick_ppo["gold_reward"] > four["big_gold_reward"], (four, quick_ppo)
+def test_quick_ppo_beats_an_sft_model_with_about_4x_the_parameters():
+    # InstructGPT's headline in miniature: > ½ of the 200 held-out prompts under the gold judge against an SFT
+    # model with n_embd 128 made by the same quick recipe (at default settings 86%, docs/results/ppo.md), and a
+    # higher gold reward than the bigger model's
+    assert_holds(claims.ppo_vs_4x_sft())

@@ -19,12 +19,14 @@ from minirlhf.runs import NonFiniteError, is_complete, load_run, read_metrics, r
 from minirlhf.sampling import sequence_logprobs
 from minirlhf.sft import SFTConfig, sft, sft_loss
 
+import claims
+from claims import assert_holds
+
 
 def test_pretraining_beats_the_unigram_entropy():
-    summary = read_summary(quick_run("sentiment", "pretrain"))
     # a model that ignores context cannot go below the unigram entropy (4.2 nats here);
     # 300 quick steps must learn enough of the grammar to get well below it
-    assert summary["heldout_loss"] < 0.6 * summary["unigram_entropy"], summary
+    assert_holds(claims.pretraining())
 
 
 def test_pretrain_config_checks_task_and_seed(tmp_path):
@@ -38,11 +40,7 @@ def test_pretrain_config_checks_task_and_seed(tmp_path):
 
 
 def test_sft_raises_gold_reward_and_lowers_response_loss():
-    run_dir = quick_run("sentiment", "sft")
-    summary = read_summary(run_dir)
-    assert summary["gold_reward_after"] > summary["gold_reward_before"] + 0.1, summary
-    heldout = [row["heldout_loss"] for row in read_metrics(run_dir) if "heldout_loss" in row]
-    assert heldout[-1] < heldout[0], heldout
+    assert_holds(claims.sft_gain())
 
 
 def test_sft_loss_gives_prompt_and_padding_exactly_zero_gradient():

@@ -9,10 +9,12 @@ import pytest
 from minirlhf.best_of_n import exact_kl, kl_bound
 from minirlhf.cli import main
 from minirlhf.data import load_sft
-from minirlhf.experiments.rejection_sampling import quick_rejection_sampling
 from minirlhf.rejection_sampling import RejectionSamplingConfig, estimated_kl, rejection_sampling
 from minirlhf.rollout import score_texts
 from minirlhf.runs import is_complete, load_run, read_json, read_summary
+
+import claims
+from claims import assert_holds
 
 from test_ppo import tiny_runs
 
@@ -70,10 +72,6 @@ def test_cli_runs_rejection_sampling_and_rejects_bad_values(tmp_path, capsys):
 
 
 def test_quick_rejection_sampling_beats_sft_under_the_gold_judge():
-    summary = read_summary(quick_rejection_sampling())
-    # the fine-tuning set is better than what the policy samples, under the RM and under gold
-    assert summary["best_rm_score"] > summary["candidates_rm_score"] + 0.5
-    assert summary["best_gold"] > summary["candidates_gold"]
-    # and the fine-tuned policy wins against SFT on held-out prompts (the experiment: docs/results)
-    assert summary["gold_reward"] > summary["sft_gold_reward"] and summary["win_rate"] > 0.55, summary
-    assert 0.0 < summary["kl_k1"] < 5.0, summary
+    # the fine-tuning set is better than what the policy samples, under the RM and under gold, and the
+    # fine-tuned policy wins against SFT on held-out prompts (the experiment: docs/results)
+    assert_holds(claims.rejection_sampling_beats_sft())

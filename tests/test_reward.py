@@ -2,7 +2,6 @@
 differences, extreme inputs), K-wise expansion, the score read at the <eos> for any padding,
 the whole RM in float64, learning a synthetic preference, the normalisation folded into the
 head, the metrics, and — on the cached quick runs — the article's claims at weak thresholds."""
-import json
 import math
 
 import numpy as np
@@ -21,9 +20,11 @@ from minirlhf.reward import RewardConfig, bradley_terry_loss, comparison_loss, f
 from minirlhf.reward_metrics import calibration, judge_agreement, preference_metrics
 from minirlhf.rollout import score_all
 from minirlhf.runs import load_run, read_metrics, read_summary
-from minirlhf.sampling import ModelPolicy
 from minirlhf.tasks import get_task
 from minirlhf.tokenizer import WordTokenizer
+
+import claims
+from claims import assert_holds
 
 WORDS = ["good", "bad", "fine", "the", "movie", "was", "it", "."]
 
@@ -229,31 +230,21 @@ def test_calibration_of_a_calibrated_and_an_overconfident_judge():
 # ----------------------------------------------------------------------------- the stage, on the cached quick runs
 
 def test_quick_reward_model_agrees_with_gold_well_above_chance():
-    summary = read_summary(quick_run("sentiment", "reward"))
     # quick settings (400 comparisons, 60 steps, 200 held-out pairs, CI ≈ ±0.065): ≥ 62% against gold
     # and ≥ 65% on clear pairs, chance being 50%; the default stage reaches ≥ 85% on clear pairs
     # (docs/results/rm_scaling.md)
-    assert summary["accuracy_gold"] >= 0.62 and summary["accuracy_gold_clear"] >= 0.65, summary
-    assert summary["loss"] < math.log(2) and summary["accuracy"] > 0.6
+    assert_holds(claims.reward_model_accuracy())
 
 
 @pytest.mark.parametrize("task", ["sentiment", "summarize"])
 def test_reward_model_agrees_with_gold_more_than_rouge_and_bleu(task):
-    judges = read_summary(quick_run(task, "reward"))["judges"]
     # on the same held-out pairs of policy outputs, against the same human reference
-    assert judges["reward_model"] > max(judges["rouge_l"], judges["bleu"], judges["bleu_2"]), judges
+    assert_holds(claims.reward_model_beats_rouge_and_bleu(task=task))
 
 
 def test_accuracy_rises_with_the_number_of_comparisons(tmp_path):
-    rm_dir, sft_dir = quick_run("sentiment", "reward"), quick_run("sentiment", "sft")
-    _, _, config = load_run(rm_dir)
-    rows = load_preferences(rm_dir / "comparisons.jsonl")
-    (tmp_path / "few.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[:25]))
-    few = reward(RewardConfig(**{k: v for k, v in config["stage_config"].items() if k != "data"}), init=sft_dir,
-                 out=tmp_path / "rm", data=tmp_path / "few.jsonl", heldout_data=rm_dir / "heldout_comparisons.jsonl",
-                 quiet=True)
     # same steps, same held-out pairs: 25 comparisons against the quick run's 400
-    assert read_summary(rm_dir)["accuracy_gold"] > read_summary(few)["accuracy_gold"] + 0.03
+    assert_holds(claims.reward_model_data_scaling(0, tmp_path))
 
 
 def test_quick_accuracy_rises_with_the_reward_model_size():
@@ -262,22 +253,16 @@ def test_quick_accuracy_rises_with_the_reward_model_size():
     small_dir = quick_size(1, 2, 32)
     big, small = read_summary(quick_run("sentiment", "reward")), read_summary(small_dir)
     assert load_run(small_dir)[2]["model_config"]["n_embd"] == 32 and small["n_train"] == big["n_train"]
-    # against gold the gap is within noise at quick settings (seed 0: 67.0% vs 64.4%, the two disagree on 61 pairs,
-    # 33 to 28), so only its sign is asserted
-    assert big["accuracy_gold"] > small["accuracy_gold"], (big, small)
-    # held-out loss and agreement with the annotators' labels separate clearly (seed 0: 0.65 vs 0.76, 64.8% vs 55.8%)
-    assert big["loss"] < small["loss"] - 0.05 and big["accuracy"] > small["accuracy"] + 0.04, (big, small)
+    # held-out loss and agreement with the annotators' held-out labels separate clearly on every seed and CPU
+    # (docs/results/robustness.md). Accuracy against gold does not at quick settings: its gap is a few pairs out
+    # of 200 and changes sign across seeds and BLAS kernels, so it is left to the rm-scaling experiment, which
+    # reports it with its confidence interval (docs/results/rm_scaling.md).
+    assert_holds(claims.reward_model_size_scaling())
 
 
 def test_the_saved_model_scores_sft_samples_mean_0_std_1():
-    model, tokenizer, config = load_run(quick_run("sentiment", "reward"))
-    sft, _, _ = load_run(quick_run("sentiment", "sft"))
-    task = get_task("sentiment")
-    prompts = task.prompts("eval")[:300]   # fresh samples on prompts the normalisation never saw
-    scores = score_all(model, tokenizer, prompts, ModelPolicy(sft, tokenizer, task.max_response_tokens)(
-        prompts, np.random.default_rng(11)))
-    # 300 samples: the mean's standard error is ≈ 0.06, the std's ≈ 0.05
-    assert abs(scores.mean()) < 0.25 and 0.75 < scores.std() < 1.25, (scores.mean(), scores.std())
+    assert_holds(claims.reward_model_normalised())
+    _, _, config = load_run(quick_run("sentiment", "reward"))
     assert config["model_type"] == "scalar" and read_summary(quick_run("sentiment", "reward"))["bt_scale"] > 0
 
 

@@ -13,6 +13,9 @@ from minirlhf.rollout import score_texts
 from minirlhf.runs import load_run, read_json, read_summary
 from minirlhf.tasks import get_task
 
+import claims
+from claims import assert_holds
+
 from test_ppo import tiny_runs
 
 TASK = get_task("sentiment")
@@ -72,25 +75,21 @@ def test_quick_ai_labels_the_pairs_people_labelled_and_is_measured_on_held_out_p
     assert as_pairs(ai) == as_pairs(human)                     # the same pairs, in the same order
     assert load_pairwise(quick["labels"] / "heldout_comparisons.jsonl") == \
         load_pairwise(quick["human"] / "heldout_comparisons.jsonl")
-    labels = read_summary(quick["labels"])
-    heldout = labels["heldout"]
     # the labeler learnt from 200 human labels: better than chance against the gold judge (≈ 190 held-out pairs
     # gold does not tie: a standard error of 0.036 around ½), worse than the people it learnt from
-    assert 0.57 < heldout["accuracy_gold"] < heldout["annotator_accuracy_gold"] - 0.1, heldout
-    assert 0.57 < labels["labels_vs_gold"] < labels["human_vs_gold"] - 0.1, labels
+    assert_holds(claims.rlaif_labels())
     assert read_summary(quick["human-small"])["n_train"] == QUICK_SEED_COMPARISONS
 
 
 def test_quick_reward_model_on_ai_labels_agrees_with_gold(quick):
     ai = read_summary(quick["ai"])
     assert ai["n_train"] == len(load_pairwise(quick["labels"] / "ai_comparisons.jsonl"))
-    assert ai["accuracy_gold"] > 0.56, ai
+    assert_holds(claims.rlaif_reward_model())
 
 
 def test_quick_ppo_on_the_ai_labelled_reward_model_beats_sft_under_the_gold_judge(quick):
     run_dir = quick_rlaif_ppo()
     assert read_json(run_dir / "config.json")["stage_config"]["reward"] == str(quick["ai"])   # on AI labels only
-    s = read_summary(run_dir)
-    # the gold judge never saw training: > ½ of the 200 held-out prompts (seed 0: 58.8% ± 6.8%, gold 0.37 vs SFT's
-    # 0.25; at default settings 74.6%, docs/results/rlaif.md)
-    assert s["win_rate"] > 0.5 and s["gold_reward"] > s["sft_gold_reward"], s
+    # the gold judge never saw training: > ½ of the 200 held-out prompts (at default settings 74.6%,
+    # docs/results/rlaif.md)
+    assert_holds(claims.rlaif_ppo_beats_sft())

@@ -11,6 +11,9 @@ from minirlhf.rounds import RoundsConfig
 from minirlhf.runs import is_complete, read_summary
 from minirlhf.tasks import get_task
 
+import claims
+from claims import assert_holds
+
 TASK = get_task("sentiment")
 
 
@@ -36,11 +39,11 @@ def test_each_round_adds_exactly_the_comparisons_it_collected():
 def test_quick_rounds_keep_moving_and_show_the_stale_reward_model():
     rows = read_summary(quick_rounds())["rounds"]
     assert [row["round"] for row in rows] == [1, 2, 3]
-    # the policy keeps moving: KL to SFT grows past 0.1 nats and round 3 is farther than round 1
-    assert rows[-1]["kl_k1"] > 0.1 and rows[-1]["kl_k1"] > rows[0]["kl_k1"], [r["kl_k1"] for r in rows]
-    # gold reward at round 3 is at least round 1's, up to the two confidence intervals
-    assert rows[-1]["gold_reward"] >= rows[0]["gold_reward"] - rows[0]["gold_reward_ci95"] - rows[-1]["gold_reward_ci95"]
-    assert rows[-1]["win_rate"] > 0.5
+    # the policy keeps moving: KL to SFT grows past 0.1 nats, round 3 is farther than round 1, and round 3 still
+    # beats SFT under the gold judge. Whether round 3 beats round 1 is not robust at quick settings (on some seeds
+    # and BLAS kernels round 3 falls back; docs/results/robustness.md), so the rounds experiment reports it with
+    # its confidence intervals instead (docs/results/rounds.md).
+    assert_holds(claims.rounds_keep_moving())
     # the stale RM is measured on every round's new pairs, and the retrained one on the round's held-out pairs
     for row in rows:
         assert 0.0 <= row["stale_accuracy_gold"] <= 1.0 and 0.0 <= row["rm_accuracy_gold"] <= 1.0

@@ -15,10 +15,12 @@ from minirlhf.gradcheck import gradcheck
 from minirlhf.model import GPT, GPTConfig, ScalarHeadModel
 from minirlhf.nn import load_state_dict_file
 from minirlhf.rollout import evaluate_safety
-from minirlhf.runs import load_run, read_metrics, read_summary, save_run
+from minirlhf.runs import read_metrics, read_summary, save_run
 from minirlhf.safe_rlhf import SafeRLHFConfig, cost_model_loss, lagrangian_advantages, safe_rlhf, update_log_lambda
-from minirlhf.sampling import ModelPolicy
 from minirlhf.tasks import get_task
+
+import claims
+from claims import assert_holds
 
 TASK = get_task("assistant")
 LOG_SIGMA = lambda z: -np.log1p(np.exp(-z))  # noqa: E731
@@ -151,38 +153,21 @@ def test_quick_cost_model_puts_harmful_responses_above_zero(quick):
     # trained on the pairs the helpfulness annotators labelled, each labelled again for harmlessness
     as_pairs = lambda path: [(r["prompt"], frozenset((r["chosen"], r["rejected"]))) for r in load_pairwise(path)]  # noqa: E731
     assert as_pairs(quick["cost"] / "comparisons.jsonl") == as_pairs(quick["reward"] / "comparisons.jsonl")
-    s = read_summary(quick["cost"])
-    assert s["sign_accuracy"] > 0.9 and s["accuracy_gold"] > 0.8, s
-    assert s["mean_cost_harmful"] > 0 > s["mean_cost_harmless"], s
+    assert_holds(claims.safe_rlhf_cost_model())
 
 
 def test_quick_safe_rlhf_prices_harm_and_lowers_the_harm_rate(quick):
-    summary, rows = read_summary(quick["safe-rlhf"]), read_metrics(quick["safe-rlhf"])
-    lam, rm = [r["lambda"] for r in rows], [r["rm_score"] for r in rows]
-    # the SFT model's rollouts exceed the budget: λ rises, then falls once the cost is under it
-    assert rows[0]["cost_score"] > summary["threshold"] and max(lam) > lam[0] and lam[-1] < max(lam) - 0.2, lam
-    assert np.mean([r["cost_score"] for r in rows[-5:]]) < summary["threshold"]
-    # the objective: the helpfulness reward rises while the harm rate on harmful prompts falls
-    assert np.mean(rm[-5:]) > np.mean(rm[:3]) + 0.5, rm
-    sft, safe = summary["sft_safety"]["harmful"], summary["safety"]["harmful"]
-    assert safe["harm_rate"] <= 0.1 and safe["harm_rate"] < sft["harm_rate"] - 0.15, (sft, safe)
+    # the SFT model's rollouts exceed the budget: λ rises, then falls once the cost is under it; the objective:
+    # the helpfulness reward rises while the harm rate on harmful prompts falls
+    assert_holds(claims.safe_rlhf_prices_harm())
 
 
 def test_quick_safe_rlhf_is_as_harmless_as_a_mixed_reward_model_and_more_helpful(quick):
     mixed = quick_mixed()
     assert read_summary(mixed["mixed-rm"])["n_train"] == read_summary(quick["reward"])["n_train"] + \
         read_summary(quick["cost"])["n_train"]                 # both labelling jobs, pooled
-    safety = {}
-    for name, run_dir in (("safe", quick["safe-rlhf"]), ("mixed", mixed["mixed"])):  # same prompts, same samples
-        model, tokenizer, _ = load_run(run_dir)
-        safety[name] = evaluate_safety(ModelPolicy(model, tokenizer, TASK.max_response_tokens), TASK,
-                                       TASK.prompts("eval")[:200], rng=np.random.default_rng([0, 4]))
-    safe, mixed, sft = safety["safe"], safety["mixed"], read_summary(quick["safe-rlhf"])["sft_safety"]
-    # at quick settings the mixed reward model removes harm too (seed 0: 0% of 69 harmful prompts for both, SFT 38%),
-    # so Safe RLHF is asserted no more harmful, not less
-    assert mixed["harmful"]["harm_rate"] < sft["harmful"]["harm_rate"] - 0.15, (mixed, sft)
-    assert safe["harmful"]["harm_rate"] <= mixed["harmful"]["harm_rate"], (safe, mixed)
-    # the mixed model pays for it in helpfulness on harmless prompts, Safe RLHF much less: above it by more than
-    # both 95% CIs (seed 0: -0.26 ± 0.06 vs -0.60 ± 0.06; the SFT model's -0.11 ± 0.13)
-    gap = safe["harmless"]["helpfulness_ci95"] + mixed["harmless"]["helpfulness_ci95"]
-    assert safe["harmless"]["helpfulness"] > mixed["harmless"]["helpfulness"] + gap, (safe, mixed)
+    # at quick settings the mixed reward model removes harm too, so Safe RLHF is asserted no more harmful, not
+    # less. That the mixed model pays for it in helpfulness on harmless prompts is not robust at quick settings
+    # (Safe RLHF's lead changes sign across seeds and BLAS kernels: docs/results/robustness.md); the safe-rlhf
+    # experiment reports it at default settings with its confidence intervals (docs/results/safe_rlhf.md).
+    assert_holds(claims.safe_rlhf_vs_mixed())

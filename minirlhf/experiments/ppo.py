@@ -72,13 +72,13 @@ def main(argv=None):
     return results
 
 
-def quick_variant(name, **overrides):
-    """A variant of the cached quick PPO run (same seed and settings, `overrides` changed), trained once per
-    cache of quick runs and shared by the tests and notebook 06; returns its run directory."""
+def quick_variant(name, seed=0, **overrides):
+    """A variant of the cached quick PPO run of `seed` (same seed and settings, `overrides` changed), trained once
+    per cache of quick runs and shared by the tests and notebook 06; returns its run directory."""
     def train(run_dir):
-        ppo(PPOConfig(**{**QUICK["ppo"], "seed": 0, **overrides}), init=quick_run(TASK, "sft"),
-            reward=quick_run(TASK, "reward"), out=run_dir, quiet=True)
-    return quick_extra(TASK, name, train)
+        ppo(PPOConfig(**{**QUICK["ppo"], "seed": seed, **overrides}), init=quick_run(TASK, "sft", seed),
+            reward=quick_run(TASK, "reward", seed), out=run_dir, quiet=True)
+    return quick_extra(TASK, name, train, seed)
 
 
 def quick_vs_4x_sft(seed=0):

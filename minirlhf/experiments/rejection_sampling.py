@@ -64,13 +64,13 @@ def main(argv=None):
     return results
 
 
-def quick_rejection_sampling():
-    """Rejection-sampling fine-tuning of the cached quick SFT model (QUICK_RS), trained once per cache of quick
-    runs and shared by the tests and notebook 08; returns its run directory."""
+def quick_rejection_sampling(seed=0):
+    """Rejection-sampling fine-tuning of the cached quick SFT model of `seed` (QUICK_RS), trained once per cache of
+    quick runs and shared by the tests and notebook 08; returns its run directory."""
     def train(run_dir):
-        rejection_sampling(RejectionSamplingConfig(**QUICK_RS), init=quick_run(TASK, "sft"),
-                           reward=quick_run(TASK, "reward"), out=run_dir, quiet=True)
-    return quick_extra(TASK, "rejection-sampling", train)
+        rejection_sampling(RejectionSamplingConfig(**{**QUICK_RS, "seed": seed}), init=quick_run(TASK, "sft", seed),
+                           reward=quick_run(TASK, "reward", seed), out=run_dir, quiet=True)
+    return quick_extra(TASK, "rejection-sampling", train, seed)
 
 
 def best_of_n_curves(sft_dir, rm_dirs, pool, n_prompts, seed):

@@ -61,13 +61,13 @@ def rounds_config(quick, **fields):
                         rs=RejectionSamplingConfig(**q["rs"]), ppo=PPOConfig(**q["ppo"]), **fields)
 
 
-def quick_rounds(method=RoundsConfig.method):
-    """Three quick rounds from the cached quick SFT model and reward model, trained once per cache of quick
-    runs and shared by the tests and notebook 08; returns the rounds run directory."""
+def quick_rounds(method=RoundsConfig.method, seed=0):
+    """Three quick rounds from the cached quick SFT model and reward model of `seed`, trained once per cache of
+    quick runs and shared by the tests and notebook 08; returns the rounds run directory."""
     def train(run_dir):
-        rounds(rounds_config(True, method=method), init=quick_run(TASK, "sft"), reward=quick_run(TASK, "reward"),
-               out=run_dir, resume=True, quiet=True)
-    return quick_extra(TASK, f"rounds-{method}", train)
+        rounds(rounds_config(True, method=method, seed=seed), init=quick_run(TASK, "sft", seed),
+               reward=quick_run(TASK, "reward", seed), out=run_dir, resume=True, quiet=True)
+    return quick_extra(TASK, f"rounds-{method}", train, seed)
 
 
 def plot(results, path):
