@@ -13,6 +13,8 @@ training step (batch 32 × block 64, V = 256):
 batch, its task's context length and vocabulary, and that task's response length for generation.
 Any size flag given with `--toy` still wins.
 
+It measures with glibc's allocator tuned as the command line runs (`kernels.tune_allocator()`).
+
 Run: .venv/bin/python benchmarks/bench_model.py [--toy] [--n-layer 4 --n-head 4 --n-embd 128
      --batch 32 --block-size 64 --vocab-size 256 --steps 10 --gen-batch 32 --new-tokens 48]
 """
@@ -21,12 +23,13 @@ import time
 
 import numpy as np
 
-from minirlhf import functional as F
-from minirlhf.model import GPT, GPTConfig
-from minirlhf.optim import AdamW
-from minirlhf.pretrain import PretrainConfig
-from minirlhf.sampling import generate
-from minirlhf.tasks import get_task
+from minirlhf.engine import functional as F
+from minirlhf.engine.kernels import tune_allocator
+from minirlhf.engine.optim import AdamW
+from minirlhf.lm.model import GPT, GPTConfig
+from minirlhf.lm.sampling import generate
+from minirlhf.stages.pretrain import PretrainConfig
+from minirlhf.world.tasks import get_task
 
 PROMPT_TOKENS = (8, 16)   # generation prompts have 8 to 16 random tokens
 
@@ -82,6 +85,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    tune_allocator()
     rng = np.random.default_rng(0)
     config = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                        n_head=args.n_head, n_embd=args.n_embd)

@@ -20,23 +20,21 @@ from typing import NamedTuple
 
 import numpy as np
 
-import minirlhf.functional as F
-from minirlhf.data import load_preferences
-from minirlhf.experiments.pairwise_ppo import quick_p3o
-from minirlhf.experiments.ppo import quick_variant, quick_vs_4x_sft
-from minirlhf.experiments.rejection_sampling import quick_rejection_sampling
-from minirlhf.experiments.rlaif import QUICK_SEED_COMPARISONS, quick_rlaif, quick_rlaif_ppo
-from minirlhf.experiments.rm_scaling import quick_size
-from minirlhf.experiments.rounds import quick_rounds
-from minirlhf.experiments.safe_rlhf import quick_mixed, quick_runs as quick_safe_runs
-from minirlhf.model import GPT, GPTConfig
-from minirlhf.optim import AdamW
-from minirlhf.pipeline import quick_run
-from minirlhf.reward import RewardConfig, reward
-from minirlhf.rollout import evaluate_safety, score_all
-from minirlhf.runs import load_run, read_json, read_metrics, read_summary
-from minirlhf.sampling import ModelPolicy
-from minirlhf.tasks import get_task
+import minirlhf.engine.functional as F
+from minirlhf.app.experiments.rlaif import QUICK_SEED_COMPARISONS
+from minirlhf.app.pipeline import quick_run
+from minirlhf.app.quick import (quick_mixed, quick_p3o, quick_rejection_sampling, quick_rlaif, quick_rlaif_ppo,
+                                quick_rounds)
+from minirlhf.app.quick import quick_safe_rlhf as quick_safe_runs
+from minirlhf.app.quick import quick_size, quick_variant, quick_vs_4x_sft
+from minirlhf.engine.optim import AdamW
+from minirlhf.lm.data import load_preferences
+from minirlhf.lm.model import GPT, GPTConfig
+from minirlhf.lm.sampling import ModelPolicy
+from minirlhf.stages.experience import evaluate_safety, score_all
+from minirlhf.stages.reward import RewardConfig, train_reward_model
+from minirlhf.stages.runs import load_run, read_json, read_metrics, read_summary
+from minirlhf.world.tasks import get_task
 
 
 class Check(NamedTuple):
@@ -66,7 +64,7 @@ def assert_holds(checks):
 # ----------------------------------------------------------------------------- the engine and the model, trained
 
 def two_moons_mlp(seed=0):
-    from test_nn_optim import MLP, train, two_moons   # the test module's model and data (it imports this module)
+    from test_nn_optim import MLP, train, two_moons  # the test module's model and data (it imports this module)
     rng = np.random.default_rng(seed)
     model = MLP(rng).eval()   # dropout off: this checks the optimizer and the layers
     loss, accuracy = train(model, AdamW(model.parameters(), lr=0.02, weight_decay=0.0), 300, two_moons(rng))
@@ -144,7 +142,7 @@ def reward_model_data_scaling(seed=0, out=None):
     few_file = out / "few.jsonl"
     few_file.parent.mkdir(parents=True, exist_ok=True)
     few_file.write_text("".join(json.dumps(row) + "\n" for row in rows[:25]))
-    few = reward(RewardConfig(**{k: v for k, v in config["stage_config"].items() if k != "data"}), init=sft_dir,
+    few = train_reward_model(RewardConfig(**{k: v for k, v in config["stage_config"].items() if k != "data"}), init=sft_dir,
                  out=out / "rm", data=few_file, heldout_data=rm_dir / "heldout_comparisons.jsonl", quiet=True)
     gain = read_summary(rm_dir)["accuracy_gold"] - read_summary(few)["accuracy_gold"]
     return [Check("accuracy_gold(400) - accuracy_gold(25)", gain, ">", RM_DATA_GAIN)]

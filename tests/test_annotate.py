@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minirlhf.annotate import (AnnotateConfig, candidate_pairs, follow_gold, label_pairs, pair_key, sampled_pairs,
-                               sidecar_path)
-from minirlhf.annotators import collect_comparisons
-from minirlhf.cli import main
-from minirlhf.data import load_preferences, write_jsonl
-from minirlhf.model import GPT, GPTConfig
-from minirlhf.runs import load_run
-from minirlhf.sampling import ModelPolicy
-from minirlhf.tasks import get_task
+from minirlhf.app.annotate import (AnnotateConfig, candidate_pairs, follow_gold, label_pairs, pair_key, sampled_pairs,
+                                   sidecar_path)
+from minirlhf.app.cli import main
+from minirlhf.lm.data import load_preferences, write_jsonl
+from minirlhf.lm.model import GPT, GPTConfig
+from minirlhf.lm.sampling import ModelPolicy
+from minirlhf.stages.runs import load_run
+from minirlhf.world.annotators import collect_comparisons
+from minirlhf.world.tasks import get_task
 
 TASK = get_task("sentiment")
 PROMPTS = TASK.prompts("train")[:4]
@@ -32,7 +32,7 @@ CANDIDATES = [{"prompt": p, "responses": [f"good {i} .", f"bad {i} ."]} for i, p
 @pytest.fixture(scope="module")
 def sft_dir(tmp_path_factory):
     """A random 1-layer GPT of the sentiment task, saved as an SFT run."""
-    from minirlhf.runs import save_run
+    from minirlhf.stages.runs import save_run
     path = tmp_path_factory.mktemp("sft")
     model = GPT(GPTConfig(vocab_size=TASK.tokenizer.vocab_size, block_size=TASK.block_size, n_layer=1, n_head=2,
                           n_embd=16), np.random.default_rng(0))

@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from minirlhf.annotators import (MARGIN_TABLE, Annotator, agreement_rates, annotator_preferences,
-                                 collect_comparisons, default_pool, gold_preferences)
-from minirlhf.data import load_preferences, ranking_pairs, write_jsonl
-from minirlhf.metrics import agreement
-from minirlhf.tasks import get_task
+from minirlhf.lm.data import load_preferences, ranking_pairs, write_jsonl
+from minirlhf.world.annotators import (MARGIN_TABLE, Annotator, agreement_rates, annotator_preferences,
+                                       collect_comparisons, default_pool, gold_preferences)
+from minirlhf.world.metrics import agreement
+from minirlhf.world.tasks import get_task
 
 
 class TableTask:

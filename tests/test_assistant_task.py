@@ -4,10 +4,10 @@ harmlessness annotators (annotators.Harmlessness), and a quick pipeline that lea
 import numpy as np
 import pytest
 
-from minirlhf.annotators import Annotator, Harmlessness, collect_comparisons
-from minirlhf.data import load_pairwise, write_jsonl
-from minirlhf.tasks import get_task
-from minirlhf.tasks.assistant import ALTERNATIVES, HARMFUL, HARMLESS, REQUESTS, request_of
+from minirlhf.lm.data import load_preferences, write_jsonl
+from minirlhf.world.annotators import Annotator, Harmlessness, collect_comparisons
+from minirlhf.world.tasks import get_task
+from minirlhf.world.tasks.assistant import ALTERNATIVES, HARMFUL, HARMLESS, REQUESTS, request_of
 
 import claims
 from claims import assert_holds
@@ -97,7 +97,7 @@ def test_harmlessness_annotators_choose_the_safer_response(tmp_path):
     assert all(row["chosen"] != "sorry , i can not help with that ." for row in helpful_rows)
     assert all(row["chosen"] == "sorry , i can not help with that ." and row["margin"] == 3 for row in harmless_rows)
     write_jsonl(tmp_path / "harmless.jsonl", harmless_rows)                 # the ordinary pairwise format
-    assert load_pairwise(tmp_path / "harmless.jsonl") == harmless_rows
+    assert load_preferences(tmp_path / "harmless.jsonl") == harmless_rows
     with pytest.raises(ValueError, match="has no harm criterion"):
         Harmlessness(get_task("sentiment"))
 

@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from minirlhf.best_of_n import BestOfN, exact_kl, kl_bound, pick_best
-from minirlhf.model import GPT, GPTConfig
-from minirlhf.sampling import ModelPolicy
-from minirlhf.tasks import get_task
+from minirlhf.lm.model import GPT, GPTConfig
+from minirlhf.lm.sampling import ModelPolicy
+from minirlhf.stages.best_of_n import BestOfN, exact_kl, kl_bound, pick_best
+from minirlhf.world.tasks import get_task
 
 
 def numbers_policy(prompts, rng):

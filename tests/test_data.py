@@ -4,10 +4,9 @@ from math import comb
 import numpy as np
 import pytest
 
-from minirlhf.data import (collate, encode_pair, encode_prompt, load_corpus, load_pairwise,
-                           load_preferences, load_rankings, load_sft, ranking_pairs, write_corpus,
-                           write_jsonl, write_sft)
-from minirlhf.tokenizer import WordTokenizer
+from minirlhf.lm.data import (collate, encode_pair, encode_prompt, load_corpus, load_preferences, load_sft,
+                              ranking_pairs, write_corpus, write_jsonl, write_sft)
+from minirlhf.lm.tokenizer import WordTokenizer
 
 TOK = WordTokenizer(["the", "film", "was", "good", "dull", "."])  # ids 4..9
 
@@ -52,8 +51,8 @@ def test_jsonl_round_trips(tmp_path):
     write_jsonl(tmp_path / "pw.jsonl", pairwise)
     write_jsonl(tmp_path / "kw.jsonl", kwise)
     write_jsonl(tmp_path / "mixed.jsonl", pairwise + kwise)
-    assert load_pairwise(tmp_path / "pw.jsonl") == pairwise
-    assert load_rankings(tmp_path / "kw.jsonl") == kwise
+    assert load_preferences(tmp_path / "pw.jsonl") == pairwise
+    assert load_preferences(tmp_path / "kw.jsonl") == kwise
     assert load_preferences(tmp_path / "mixed.jsonl") == pairwise + kwise
 
     docs = ["the film was good .", "the film was dull ."]
@@ -69,21 +68,19 @@ def test_jsonl_round_trips(tmp_path):
     ('not json', load_sft, "line 2: not valid JSON"),
     ('[1, 2]', load_sft, "line 2: expected a JSON object"),
     ('', load_sft, "line 2: empty line"),
-    ('{"prompt": "p", "chosen": "a", "rejected": "b", "margin": -1}', load_pairwise,
+    ('{"prompt": "p", "chosen": "a", "rejected": "b", "margin": -1}', load_preferences,
      "line 2: field 'margin' must be a finite number >= 0"),
-    ('{"prompt": "p", "chosen": "a", "rejected": "b", "margin": true}', load_pairwise, "field 'margin'"),
-    ('{"prompt": "p", "chosen": "a", "rejected": "b", "annotator": 7}', load_pairwise,
+    ('{"prompt": "p", "chosen": "a", "rejected": "b", "margin": true}', load_preferences, "field 'margin'"),
+    ('{"prompt": "p", "chosen": "a", "rejected": "b", "annotator": 7}', load_preferences,
      "line 2: field 'annotator' must be a string"),
-    ('{"prompt": "p", "responses": ["a", "b"], "ranking": [0, 0]}', load_rankings,
+    ('{"prompt": "p", "responses": ["a", "b"], "ranking": [0, 0]}', load_preferences,
      "line 2: field 'ranking' must be a permutation of 0..1"),
-    ('{"prompt": "p", "responses": ["a"], "ranking": [0]}', load_rankings,
+    ('{"prompt": "p", "responses": ["a"], "ranking": [0]}', load_preferences,
      "line 2: field 'responses' must be a list of at least 2"),
     ('{"prompt": "p", "responses": ["a", "b"]}', load_preferences, "line 2: missing field 'ranking'"),
 ])
 def test_malformed_line_names_file_line_and_field(tmp_path, line, loader, message):
     good = {load_sft: '{"prompt": "p", "completion": "c"}',
-            load_pairwise: '{"prompt": "p", "chosen": "a", "rejected": "b"}',
-            load_rankings: '{"prompt": "p", "responses": ["a", "b"], "ranking": [1, 0]}',
             load_preferences: '{"prompt": "p", "chosen": "a", "rejected": "b"}'}[loader]
     path = tmp_path / "bad.jsonl"
     path.write_text(good + "\n" + line + "\n" + good + "\n")

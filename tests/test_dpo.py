@@ -7,17 +7,18 @@ import math
 import numpy as np
 import pytest
 
-from minirlhf import functional as F
-from minirlhf.autograd import Tensor
-from minirlhf.cli import main
-from minirlhf.data import collate, encode_pair
-from minirlhf.dpo import DPOConfig, dpo, dpo_loss, encode_pairs, pair_logps, preference_pairs, response_logps
-from minirlhf.gradcheck import gradcheck
-from minirlhf.model import GPT, GPTConfig
-from minirlhf.nn import load_state_dict_file
-from minirlhf.optim import SGD
-from minirlhf.pipeline import quick_run
-from minirlhf.runs import read_metrics
+from minirlhf.app.cli import main
+from minirlhf.app.pipeline import quick_run
+from minirlhf.engine import functional as F
+from minirlhf.engine.autograd import Tensor
+from minirlhf.engine.gradcheck import gradcheck
+from minirlhf.engine.nn import load_state_dict_file
+from minirlhf.engine.optim import SGD
+from minirlhf.lm.data import collate, encode_pair
+from minirlhf.lm.model import GPT, GPTConfig
+from minirlhf.stages.dpo import (DPOConfig, dpo_loss, encode_pairs, pair_logps, preference_pairs, response_logps,
+                                 train_dpo)
+from minirlhf.stages.runs import read_metrics
 
 import claims
 from claims import assert_holds
@@ -45,7 +46,6 @@ class Tok:   # the ids of a tiny vocabulary: 0 pad, 1 bos, 2 eos, words are digi
 
 PAIRS = [("3 4", "5 6 7", "8"), ("9", "10 3", "4 4 4 5"), ("5 5 6", "7", "9 9")]   # (prompt, chosen, rejected)
 EXAMPLES = [(encode_pair(Tok(), p, c), encode_pair(Tok(), p, r)) for p, c, r in PAIRS]
-NAMES = [f"pair {i}" for i in range(len(PAIRS))]
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
@@ -64,8 +64,8 @@ def test_loss_is_ln2_when_policy_equals_reference():
     assert np.all(r_c == 0) and np.all(r_r == 0)
     # and through a model: π = π_ref (two copies of the same weights) at step 0
     policy, reference = tiny_model(), tiny_model()
-    c, r = pair_logps(policy, EXAMPLES, range(3), Tok.pad_id, NAMES)
-    c_ref, r_ref = pair_logps(reference, EXAMPLES, range(3), Tok.pad_id, NAMES)
+    c, r = pair_logps(policy, EXAMPLES, range(3), Tok.pad_id)
+    c_ref, r_ref = pair_logps(reference, EXAMPLES, range(3), Tok.pad_id)
     losses, _, _ = dpo_loss(c, r, c_ref.data, r_ref.data)
     np.testing.assert_allclose(losses.data, math.log(2), rtol=1e-12)
 
@@ -92,7 +92,7 @@ def test_label_smoothing_formula():
 
 
 def test_sigmoid_dpo_is_the_bradley_terry_loss_of_the_implicit_rewards():
-    from minirlhf.reward import bradley_terry_loss
+    from minirlhf.stages.reward import bradley_terry_loss
     rng = np.random.default_rng(1)
     logps = [rng.normal(-15, 4, 16) for _ in range(4)]
     losses, chosen_rewards, rejected_rewards = dpo_loss(*(Tensor(x) for x in logps), beta=0.3)
@@ -112,24 +112,24 @@ def test_loss_gradients_match_finite_differences(loss_type, label_smoothing):
 
 def test_whole_model_gradient_matches_finite_differences():
     policy, reference = tiny_model(0), tiny_model(1)
-    ref = [x.data for x in pair_logps(reference, EXAMPLES, range(3), Tok.pad_id, NAMES)]
+    ref = [x.data for x in pair_logps(reference, EXAMPLES, range(3), Tok.pad_id)]
     names, params = zip(*policy.named_parameters())
 
     def loss(*_):
-        chosen, rejected = pair_logps(policy, EXAMPLES, range(3), Tok.pad_id, NAMES)
+        chosen, rejected = pair_logps(policy, EXAMPLES, range(3), Tok.pad_id)
         return dpo_loss(chosen, rejected, *ref, beta=0.5)[0].mean()
     gradcheck(loss, list(params), names=list(names), max_elements=15, rng=np.random.default_rng(3))
 
 
 def test_one_gradient_step_raises_the_chosen_minus_rejected_log_ratio():
     policy, reference = tiny_model(0), tiny_model(0)
-    ref_c, ref_r = (x.data for x in pair_logps(reference, EXAMPLES, range(3), Tok.pad_id, NAMES))
-    chosen, rejected = pair_logps(policy, EXAMPLES, range(3), Tok.pad_id, NAMES)
+    ref_c, ref_r = (x.data for x in pair_logps(reference, EXAMPLES, range(3), Tok.pad_id))
+    chosen, rejected = pair_logps(policy, EXAMPLES, range(3), Tok.pad_id)
     h_before = (chosen.data - rejected.data) - (ref_c - ref_r)   # 0: π = π_ref
     optimizer = SGD(policy.parameters(), lr=0.1)
     dpo_loss(chosen, rejected, ref_c, ref_r, beta=0.1)[0].mean().backward()
     optimizer.step()
-    chosen, rejected = pair_logps(policy, EXAMPLES, range(3), Tok.pad_id, NAMES)
+    chosen, rejected = pair_logps(policy, EXAMPLES, range(3), Tok.pad_id)
     h_after = (chosen.data - rejected.data) - (ref_c - ref_r)
     assert np.all(h_before == 0) and h_after.mean() > 1e-3, h_after
 
@@ -143,11 +143,11 @@ def test_extreme_log_ratios_give_finite_losses_and_gradients():
         assert losses.item() == pytest.approx(-float(F.logsigmoid(Tensor(np.array([h]))).item()))
 
 
-def test_empty_response_mask_is_an_error_naming_the_example():
+def test_empty_response_mask_is_an_error_naming_the_row():
     ids, mask = encode_pair(Tok(), "3 4", "5")
     batch = collate([(ids, mask), (ids, [False] * len(ids))], Tok.pad_id)
-    with pytest.raises(ValueError, match=r"pair 7 \(rejected\) has an empty response mask"):
-        response_logps(tiny_model(), batch, names=["pair 7 (chosen)", "pair 7 (rejected)"])
+    with pytest.raises(ValueError, match=r"row 1 of the batch has an empty response mask"):
+        response_logps(tiny_model(), batch)
 
 
 def test_a_pair_longer_than_the_context_is_an_error_naming_it():
@@ -171,7 +171,7 @@ def test_config_names_the_field_and_range():
 
 
 def _write_pairs(path, n=24):
-    from minirlhf.tasks import get_task
+    from minirlhf.world.tasks import get_task
     task, rng = get_task("sentiment"), np.random.default_rng(0)
     prompts = task.prompts("train")[:n]
     good, other = task.human_policy(prompts, rng), task.human_policy(prompts, rng)
@@ -181,16 +181,17 @@ def _write_pairs(path, n=24):
 
 
 def test_resumed_dpo_ends_with_the_same_weights(tmp_path, monkeypatch):
-    import minirlhf.dpo as stage
+    import minirlhf.stages.dpo as stage
+
     from test_pretrain_sft import _press_ctrl_c_during
     data, init = _write_pairs(tmp_path / "pairs.jsonl"), quick_run("sentiment", "sft")
     config = DPOConfig(steps=6, batch_size=4, eval_every=3, eval_prompts=4, checkpoint_every=100)
-    straight = dpo(config, init=init, out=tmp_path / "straight", data=data, quiet=True)
+    straight = train_dpo(config, init=init, out=tmp_path / "straight", data=data, quiet=True)
     with monkeypatch.context() as patch:
-        _press_ctrl_c_during(patch, stage, 4)
+        _press_ctrl_c_during(patch, stage, "dpo_update", 4)
         with pytest.raises(KeyboardInterrupt):
-            dpo(config, init=init, out=tmp_path / "resumed", data=data, quiet=True)
-    resumed = dpo(config, init=init, out=tmp_path / "resumed", data=data, resume=True, quiet=True)
+            train_dpo(config, init=init, out=tmp_path / "resumed", data=data, quiet=True)
+    resumed = train_dpo(config, init=init, out=tmp_path / "resumed", data=data, resume=True, quiet=True)
     a, b = load_state_dict_file(straight / "model.npz"), load_state_dict_file(resumed / "model.npz")
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert read_metrics(resumed) == read_metrics(straight)

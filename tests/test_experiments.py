@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from minirlhf.experiments import (frontier, pairwise_ppo, ppo, rejection_sampling, rlaif, rm_scaling, rounds,
-                                  safe_rlhf, write_results)
+from minirlhf.app.experiments import (frontier, pairwise_ppo, ppo, rejection_sampling, rlaif, rm_scaling, rounds,
+                                      safe_rlhf, write_results)
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 PNG = b"\x89PNG\r\n\x1a\n"

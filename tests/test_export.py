@@ -7,7 +7,8 @@ config.json. It reproduces minirlhf's logits to 1e-10 in float64 and 1e-4 (relat
 logits' scale) in float32, on a left-padded batch with position ids cumsum(mask) − 1, as a HF
 caller passes them. Models are tiny and freshly initialised, with every weight perturbed so a
 wrong name, transpose or constant changes the result. A last test repeats the check with real
-transformers and skips where PyTorch is not installed.
+transformers; it is marked `interop`, so only `.ci/interop` (`pytest -m interop`, in a venv with
+PyTorch) runs it, and there it fails, not skips, if torch is missing.
 """
 import json
 import math
@@ -17,12 +18,12 @@ import struct
 import numpy as np
 import pytest
 
-from minirlhf.cli import main
-from minirlhf.data import collate, encode_pair
-from minirlhf.export import export_hf
-from minirlhf.model import GPT, GPTConfig, ScalarHeadModel, last_token_values
-from minirlhf.runs import save_run
-from minirlhf.tokenizer import CharTokenizer, WordTokenizer
+from minirlhf.app.cli import main
+from minirlhf.app.export import export_hf
+from minirlhf.lm.data import collate, encode_pair
+from minirlhf.lm.model import GPT, GPTConfig, ScalarHeadModel, last_token_values
+from minirlhf.lm.tokenizer import CharTokenizer, WordTokenizer
+from minirlhf.stages.runs import save_run
 
 TEXTS = ["the movie was good .", "it was bad and slow .", "a good film , a great cast ."]
 PAIRS = [("the movie was", "good ."), ("it was", "bad and slow ."), ("a", "great cast , good film .")]
@@ -228,14 +229,15 @@ def test_export_command_and_its_errors(tmp_path, capsys):
     assert (run / "model.npz").is_file() and json.loads((run / "config.json").read_text())["stage"] == "test"
 
 
-# ----------------------------------------------------------------------------- real transformers, if installed
+# ----------------------------------------------------------------------------- real transformers (.ci/interop)
 
+@pytest.mark.interop
 def test_transformers_loads_export_with_same_logits(tmp_path):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     run, model, tokenizer = make_run(tmp_path / "run", dtype=np.float32)
     out = export_hf(run, tmp_path / "hf")
-    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
+    hf_tok = transformers.PreTrainedTokenizerFast.from_pretrained(out)
     assert hf_tok("the movie was good .")["input_ids"] == tokenizer.encode("the movie was good .")
     hf = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
     input_ids, attention_mask, _, _ = padded_batch(tokenizer)

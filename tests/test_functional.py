@@ -1,13 +1,19 @@
-"""Fused functions: finite differences (float64), agreement with the plain composition of
-primitives they replace (value and gradient), stability at |x| = 1e4 in float32, dtypes."""
+"""Fused functions: finite differences (float64), agreement with the package's plain references
+built from primitives (value and gradient), stability at |x| = 1e4 in float32, dtypes; and
+importing the package leaves the process alone (no allocator tuning)."""
+import json
 import math
+import platform
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 
-from minirlhf import functional as F
-from minirlhf.autograd import Tensor, where
-from minirlhf.gradcheck import gradcheck
+from minirlhf.engine import functional as F
+from minirlhf.engine.autograd import Tensor
+from minirlhf.engine.gradcheck import gradcheck
 
 
 def weights(shape):
@@ -59,54 +65,53 @@ def test_gradcheck_fused(name):
     gradcheck(lambda *xs: (fn(*xs) * w).sum(), inputs)  # raises naming the element on failure
 
 
-# The plain compositions the fused kernels replace, written with primitives only.
-def plain_softmax(x):
-    e = (x - x.max(axis=-1, keepdims=True)).exp()
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def plain_layer_norm(x, w, b):
-    xc = x - x.mean(axis=-1, keepdims=True)
-    return xc / ((xc * xc).mean(axis=-1, keepdims=True) + 1e-5).sqrt() * w + b
-
-
-def plain_attention(qkv, mask, n_head):
-    B, T, C3 = qkv.shape
-    hs = C3 // 3 // n_head
-    heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)          # (3, B, H, T, hs)
-    q, k, v = heads[0], heads[1], heads[2]
-    att = where(mask[:, None], q @ k.transpose(0, 1, 3, 2) * (1.0 / math.sqrt(hs)), -1e9)
-    return (plain_softmax(att) @ v).transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)
-
-
+# Each fused function against its plain reference from `functional.py` (or a one-line composition).
 PAIRS = {
-    "softmax": (F.softmax, plain_softmax, [(3, 5)]),
-    "log_softmax": (F.log_softmax, lambda x: plain_softmax(x).log(), [(3, 5)]),
+    "softmax": (F.softmax, F.softmax_reference, [(3, 5)]),
+    "softmax axis 0": (lambda x: F.softmax(x, axis=0), lambda x: F.softmax_reference(x, axis=0), [(3, 5)]),
+    "log_softmax": (F.log_softmax, lambda x: F.softmax_reference(x).log(), [(3, 5)]),
     "log_softmax_gather": (lambda x: F.log_softmax_gather(x, IDS),
-                           lambda x: plain_softmax(x).log()[np.arange(2)[:, None], np.arange(4), IDS], [(2, 4, 6)]),
-    "cross_entropy": (lambda x: F.cross_entropy(x, IDS, mask=IDS != 4),
-                      lambda x: -(plain_softmax(x).log()[np.arange(2)[:, None], np.arange(4), IDS] * (IDS != 4)).sum() * (1.0 / 6),
-                      [(2, 4, 6)]),
+                           lambda x: F.softmax_reference(x).log()[np.arange(2)[:, None], np.arange(4), IDS],
+                           [(2, 4, 6)]),
+    "cross_entropy": (lambda x: F.cross_entropy(x, IDS), lambda x: F.cross_entropy_reference(x, IDS), [(2, 4, 6)]),
+    "cross_entropy mask": (lambda x: F.cross_entropy(x, IDS, mask=IDS != 4),
+                           lambda x: F.cross_entropy_reference(x, IDS, IDS != 4), [(2, 4, 6)]),
     "logsigmoid": (F.logsigmoid, lambda x: x.sigmoid().log(), [(4, 3)]),
-    "layer_norm": (F.layer_norm, plain_layer_norm, [(2, 3, 5), (5,), (5,)]),
+    "layer_norm": (F.layer_norm, F.layer_norm_reference, [(2, 3, 5), (5,), (5,)]),
     "embedding": (lambda w: F.embedding(IDS, w), lambda w: w[IDS], [(6, 3)]),
     "linear": (F.linear, lambda x, w, b: x @ w + b, [(2, 3, 4), (4, 5), (5,)]),
-    "attention": (lambda qkv: F.attention(qkv, MASK, 2)[0], lambda qkv: plain_attention(qkv, MASK, 2), [(2, 4, 12)]),
 }
 
 
+def values_and_gradients(fn, arrays):
+    """[fn(inputs), ∂f/∂input...] with f = Σ w ⊙ fn(inputs), on float64 leaves made from `arrays`."""
+    inputs = [leaf(a) for a in arrays]
+    out = fn(*inputs)
+    (out * weights(out.shape)).sum().backward()
+    return [out.data] + [x.grad for x in inputs]
+
+
 @pytest.mark.parametrize("name", PAIRS)
-def test_fused_equals_plain_composition(name):
-    fused, plain, shapes = PAIRS[name]
+def test_fused_equals_reference(name):
+    fused, reference, shapes = PAIRS[name]
     arrays = [np.random.default_rng(1).normal(size=s) for s in shapes]
-    results = []
-    for fn in (fused, plain):
-        inputs = [leaf(a) for a in arrays]
-        out = fn(*inputs)
-        (out * weights(out.shape)).sum().backward()
-        results.append([out.data] + [x.grad for x in inputs])
-    for got, want in zip(*results):
+    for got, want in zip(values_and_gradients(fused, arrays), values_and_gradients(reference, arrays)):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("past_len", [0, 3], ids=["no past", "KV cache of 3"])
+def test_attention_equals_reference(past_len):
+    """The fused kernel against softmax(q kᵀ/√hs + mask) v from primitives: values and ∂qkv, float64,
+    causal + padding mask (row 1 starts with 2 padding tokens), with and without a KV cache."""
+    B, T, H, hs = 2, 4, 2, 3
+    rng = np.random.default_rng(7)
+    qkv = rng.normal(size=(B, T, 3 * H * hs))
+    past = tuple(rng.normal(size=(B, H, past_len, hs)) for _ in "kv") if past_len else None
+    mask = causal_padded_mask(B, past_len + T, [0, 2])[:, past_len:]             # (B, T, Tk)
+    fused = values_and_gradients(lambda x: F.attention(x, mask, H, past)[0], [qkv])
+    reference = values_and_gradients(lambda x: F.attention_reference(x, mask, H, past), [qkv])
+    for got, want, name in zip(fused, reference, ["y", "∂qkv"]):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=name)
 
 
 def test_attention_with_past_equals_full_sequence():
@@ -239,3 +244,33 @@ def test_fused_shape_errors_name_the_shapes():
         F.linear(Tensor(np.zeros((3, 4))), Tensor(np.zeros((5, 2))))
     with pytest.raises(ValueError, match=r"layer_norm: input \(3, 4\)"):
         F.layer_norm(Tensor(np.zeros((3, 4))), Tensor(np.ones(5)), Tensor(np.ones(5)))
+
+
+def test_importing_minirlhf_leaves_the_allocator_alone():
+    """No module of the package calls glibc's mallopt when imported; `kernels.tune_allocator()` does, once.
+
+    A fresh interpreter records every C function looked up through ctypes (the `ctypes.dlsym` audit
+    event) while it imports every module, then calls `tune_allocator()` twice, so the test also shows
+    that it would have seen a mallopt made at import time.
+    """
+    script = textwrap.dedent("""
+        import importlib, json, pkgutil, sys
+        looked_up = []
+        sys.addaudithook(lambda event, args: looked_up.append(args[1]) if event == "ctypes.dlsym" else None)
+        import minirlhf
+        for module in pkgutil.walk_packages(minirlhf.__path__, "minirlhf."):
+            if not module.name.endswith("__main__"):
+                importlib.import_module(module.name)
+        at_import = list(looked_up)
+        from minirlhf.engine.kernels import tune_allocator
+        tuned = [tune_allocator(), tune_allocator()]
+        print(json.dumps({"at_import": at_import, "tuned": tuned, "mallopt": looked_up.count("mallopt")}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert "mallopt" not in seen["at_import"], "importing minirlhf called mallopt: call kernels.tune_allocator()"
+    if platform.libc_ver()[0] == "glibc":
+        assert seen["tuned"] == [True, True] and seen["mallopt"] == 1   # looked up once: the second call is a no-op
+    else:
+        assert seen["tuned"] == [False, False] and seen["mallopt"] == 0

@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from minirlhf.metrics import (agreement, bleu, distinct_n, evaluate, kl_estimates, mean_ci95, rouge_l,
-                              rouge_n, win_rate)
-from minirlhf.model import GPT, GPTConfig
-from minirlhf.sampling import ModelPolicy
-from minirlhf.tasks import get_task
+from minirlhf.lm.model import GPT, GPTConfig
+from minirlhf.lm.sampling import ModelPolicy
+from minirlhf.world.metrics import (agreement, bleu, distinct_n, evaluate, kl_estimates, mean_ci95, rouge_l, rouge_n,
+                                    win_rate)
+from minirlhf.world.tasks import get_task
 
 
 def prf(p, r):

@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from minirlhf import functional as F
-from minirlhf.autograd import Tensor
-from minirlhf.gradcheck import gradcheck
-from minirlhf.model import GPT, GPTConfig, KVCache, ScalarHeadModel, last_token_values
+from minirlhf.engine import functional as F
+from minirlhf.engine.autograd import Tensor
+from minirlhf.engine.gradcheck import gradcheck
+from minirlhf.lm.model import GPT, GPTConfig, KVCache, ScalarHeadModel, last_token_values
 
 import claims
 from claims import assert_holds

@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from minirlhf import functional as F
-from minirlhf.autograd import Tensor
-from minirlhf.nn import Dropout, Embedding, LayerNorm, Linear, Module, load_state_dict_file, save_state_dict
-from minirlhf.optim import SGD, AdamW, clip_grad_norm, cosine_schedule, decay_groups
+from minirlhf.engine import functional as F
+from minirlhf.engine.autograd import Tensor
+from minirlhf.engine.nn import Dropout, Embedding, LayerNorm, Linear, Module, load_state_dict_file, save_state_dict
+from minirlhf.engine.optim import SGD, AdamW, clip_grad_norm, cosine_schedule, decay_groups
 
 import claims
 from claims import assert_holds

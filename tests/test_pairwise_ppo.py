@@ -6,19 +6,17 @@ gold judge."""
 import numpy as np
 import pytest
 
-import minirlhf.pairwise_ppo as stage
-from minirlhf.autograd import Tensor
-from minirlhf.cli import main
-from minirlhf.experiments.pairwise_ppo import quick_p3o
-from minirlhf.experiments.ppo import quick_variant
-from minirlhf.gradcheck import gradcheck
-from minirlhf.pairwise_ppo import PairwisePPOConfig, p3o_loss, pair_differences, pairwise_ppo
-from minirlhf.rollout import minibatches
-from minirlhf.runs import read_metrics, read_summary
+import minirlhf.variants.pairwise_ppo as stage
+from minirlhf.app.cli import main
+from minirlhf.app.quick import quick_p3o, quick_variant
+from minirlhf.engine.autograd import Tensor
+from minirlhf.engine.gradcheck import gradcheck
+from minirlhf.stages.experience import minibatches
+from minirlhf.stages.runs import read_metrics, read_summary
+from minirlhf.variants.pairwise_ppo import PairwisePPOConfig, p3o_loss, pair_differences, train_pairwise_ppo
 
 import claims
 from claims import assert_holds
-
 from test_ppo import tiny_runs
 
 SIGMA = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
@@ -123,7 +121,7 @@ def test_each_update_starts_at_ratio_one_on_whole_pairs(tmp_path, monkeypatch):
         calls.append((gap, len(old_1)))
         return real_loss(logprobs_1, logprobs_2, old_1, old_2, *args)
     monkeypatch.setattr(stage, "p3o_loss", spy)
-    run_dir = pairwise_ppo(PairwisePPOConfig(**TINY), init=init, reward=reward, out=tmp_path / "p3o", quiet=True)
+    run_dir = train_pairwise_ppo(PairwisePPOConfig(**TINY), init=init, reward=reward, out=tmp_path / "p3o", quiet=True)
     # 3 rollouts × 2 epochs × 2 minibatches of 4 pairs; the first minibatch of each rollout: π_θ = π_old
     # (to float32 rounding of a forward pass over fewer rows; a wrong pairing or row would be off by nats)
     assert len(calls) == 12 and all(n == 4 for _, n in calls)

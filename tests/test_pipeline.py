@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from minirlhf import pipeline
-from minirlhf.cli import main
-from minirlhf.pipeline import make_config, quick_run, run
-from minirlhf.runs import read_json
+from minirlhf.app import pipeline
+from minirlhf.app.cli import main
+from minirlhf.app.pipeline import make_config, quick_run, run
+from minirlhf.stages.runs import read_json
 
 import claims
 from claims import assert_holds

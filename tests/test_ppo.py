@@ -3,22 +3,20 @@ start of an update, zero gradient where clipped, masked tokens inert, finite dif
 per-token KL reward, the adaptive controller, an exact resume, a short run raising the RM score,
 the command line — and the headline claims at quick settings: PPO beats SFT under the gold judge,
 no KL term means reward hacking, PPO-ptx lowers the alignment tax, the adaptive controller holds KL."""
-import os
-import signal
 
 import numpy as np
 import pytest
 
-import minirlhf.ppo as stage
-from minirlhf.autograd import Tensor
-from minirlhf.cli import main
-from minirlhf.gradcheck import gradcheck
-from minirlhf.model import GPT, GPTConfig, ScalarHeadModel
-from minirlhf.nn import load_state_dict_file
-from minirlhf.ppo import (AdaptiveKLController, PPOConfig, compute_gae, kl_penalized_rewards, ppo, ppo_policy_loss,
-                         ppo_value_loss, whiten)
-from minirlhf.runs import read_metrics, save_run
-from minirlhf.tasks import get_task
+import minirlhf.stages.ppo as stage
+from minirlhf.app.cli import main
+from minirlhf.engine.autograd import Tensor
+from minirlhf.engine.gradcheck import gradcheck
+from minirlhf.engine.nn import load_state_dict_file
+from minirlhf.lm.model import GPT, GPTConfig, ScalarHeadModel
+from minirlhf.stages.ppo import (AdaptiveKLController, PPOConfig, compute_gae, kl_penalized_rewards, ppo_policy_loss,
+                                 ppo_value_loss, train_ppo, whiten)
+from minirlhf.stages.runs import read_metrics, save_run
+from minirlhf.world.tasks import get_task
 
 import claims
 from claims import assert_holds
@@ -225,7 +223,7 @@ def test_short_run_raises_rm_score_and_starts_every_update_at_ratio_one(tmp_path
         return loss, stats
     spy.calls = 0
     monkeypatch.setattr(stage, "ppo_policy_loss", spy)
-    run_dir = ppo(PPOConfig(**{**TINY, "steps": 12}), init=init, reward=reward, out=tmp_path / "ppo", quiet=True)
+    run_dir = train_ppo(PPOConfig(**{**TINY, "steps": 12}), init=init, reward=reward, out=tmp_path / "ppo", quiet=True)
     # the first minibatch after each rollout: ratio 1 (to float32 rounding: the minibatch's forward pass
     # runs BLAS on fewer rows than the rollout's), nothing clipped, no KL to π_old
     assert len(first_minibatch) == 12
@@ -240,20 +238,13 @@ def test_short_run_raises_rm_score_and_starts_every_update_at_ratio_one(tmp_path
 def test_resumed_ppo_ends_with_the_same_weights(tmp_path, monkeypatch):
     init, reward = tiny_runs(tmp_path)
     config = PPOConfig(**{**TINY, "steps": 4, "target_kl": 1.0, "kl_coef": 0.1})
-    straight = ppo(config, init=init, reward=reward, out=tmp_path / "straight", quiet=True)
-    real_step = stage.training_step
-
-    def ctrl_c_once_in_step_2(step, *args):        # Ctrl-C in the middle of step 2's updates
-        if step == 2 and not ctrl_c_once_in_step_2.sent:
-            ctrl_c_once_in_step_2.sent = True
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_step(step, *args)
-    ctrl_c_once_in_step_2.sent = False
+    straight = train_ppo(config, init=init, reward=reward, out=tmp_path / "straight", quiet=True)
+    from test_pretrain_sft import _press_ctrl_c_during
     with monkeypatch.context() as patch:
-        patch.setattr(stage, "training_step", ctrl_c_once_in_step_2)
+        _press_ctrl_c_during(patch, stage, "ppo_update", 2)        # Ctrl-C in the middle of step 2's update
         with pytest.raises(KeyboardInterrupt, match="checkpoint saved at step 3"):
-            ppo(config, init=init, reward=reward, out=tmp_path / "resumed", quiet=True)
-    resumed = ppo(config, init=init, reward=reward, out=tmp_path / "resumed", resume=True, quiet=True)
+            train_ppo(config, init=init, reward=reward, out=tmp_path / "resumed", quiet=True)
+    resumed = train_ppo(config, init=init, reward=reward, out=tmp_path / "resumed", resume=True, quiet=True)
     for name in ("model.npz", "value_model.npz"):   # policy, value model, optimizers, β and RNG all restored
         a, b = load_state_dict_file(straight / name), load_state_dict_file(resumed / name)
         assert all(np.array_equal(a[k], b[k]) for k in a), name

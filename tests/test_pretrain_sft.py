@@ -8,16 +8,16 @@ import signal
 import numpy as np
 import pytest
 
-from minirlhf import functional as F
-from minirlhf.autograd import Tensor
-from minirlhf.cli import main
-from minirlhf.data import collate, encode_pair
-from minirlhf.nn import load_state_dict_file
-from minirlhf.pipeline import quick_run
-from minirlhf.pretrain import PretrainConfig, pretrain
-from minirlhf.runs import NonFiniteError, is_complete, load_run, read_metrics, read_summary
-from minirlhf.sampling import sequence_logprobs
-from minirlhf.sft import SFTConfig, sft, sft_loss
+from minirlhf.app.cli import main
+from minirlhf.app.pipeline import quick_run
+from minirlhf.engine import functional as F
+from minirlhf.engine.autograd import Tensor
+from minirlhf.engine.nn import load_state_dict_file
+from minirlhf.lm.data import collate, encode_pair
+from minirlhf.lm.logprobs import sequence_logprobs
+from minirlhf.stages.pretrain import PretrainConfig, train_pretrain
+from minirlhf.stages.runs import NonFiniteError, is_complete, load_run, read_metrics, read_summary
+from minirlhf.stages.sft import SFTConfig, sft_loss, train_sft
 
 import claims
 from claims import assert_holds
@@ -36,7 +36,7 @@ def test_pretrain_config_checks_task_and_seed(tmp_path):
         PretrainConfig(seed=-1)
     # no task is allowed (for a corpus of your own), but then the corpus must be given
     with pytest.raises(ValueError, match="PretrainConfig.task is empty"):
-        pretrain(PretrainConfig(task=None), out=tmp_path / "run", quiet=True)
+        train_pretrain(PretrainConfig(task=None), out=tmp_path / "run", quiet=True)
 
 
 def test_sft_raises_gold_reward_and_lowers_response_loss():
@@ -67,7 +67,6 @@ def test_sft_loss_is_the_mean_response_token_nll():
 
 
 def test_nan_in_training_stops_with_the_step_and_tensor(tmp_path, monkeypatch):
-    import minirlhf.pretrain as stage
     real_cross_entropy = F.cross_entropy
 
     def poisoned(logits, targets, **kw):  # the 3rd step's loss is NaN
@@ -75,51 +74,57 @@ def test_nan_in_training_stops_with_the_step_and_tensor(tmp_path, monkeypatch):
         poisoned.calls += 1
         return loss * float("nan") if poisoned.calls == 3 else loss
     poisoned.calls = 0
-    monkeypatch.setattr(stage.F, "cross_entropy", poisoned)
+    monkeypatch.setattr(F, "cross_entropy", poisoned)
     config = PretrainConfig(steps=5, n_layer=1, n_embd=16, n_head=2, n_documents=200, eval_every=100)
     with pytest.raises(NonFiniteError, match="step 2: the loss is nan"):
-        pretrain(config, out=tmp_path / "run", quiet=True)
+        train_pretrain(config, out=tmp_path / "run", quiet=True)
 
 
 def test_inf_in_a_gradient_stops_with_the_step_and_parameter(tmp_path, monkeypatch):
-    import minirlhf.pretrain as stage
-    real_step = stage.training_step
+    import minirlhf.stages.pretrain as stage
+    real_loss = stage.next_token_loss
 
-    def step_with_poisoned_gradient(step, loss, model, *args):
-        if step == 2:   # add 0 to the loss but inf to one element of one parameter's gradient
+    def loss_with_poisoned_gradient(model, windows):
+        loss = real_loss(model, windows)
+        loss_with_poisoned_gradient.calls += 1
+        if loss_with_poisoned_gradient.calls == 3:   # step 2: add 0 to the loss but inf to one gradient element
             param = dict(model.named_parameters())["transformer.h.0.ln_2.bias"]
             poison = np.zeros(param.shape, param.dtype)
             poison[0] = np.inf
             loss = loss + Tensor.from_op(np.zeros((), loss.dtype), (param,), lambda g: (poison,), "poison")
-        return real_step(step, loss, model, *args)
-    monkeypatch.setattr(stage, "training_step", step_with_poisoned_gradient)
+        return loss
+    loss_with_poisoned_gradient.calls = 0
+    monkeypatch.setattr(stage, "next_token_loss", loss_with_poisoned_gradient)
     config = PretrainConfig(steps=5, n_layer=1, n_embd=16, n_head=2, n_documents=200, eval_every=100)
     with pytest.raises(NonFiniteError, match=r"step 2: gradient of transformer\.h\.0\.ln_2\.bias has 1 NaN/inf"):
-        pretrain(config, out=tmp_path / "run", quiet=True)
+        train_pretrain(config, out=tmp_path / "run", quiet=True)
     assert [row["step"] for row in read_metrics(tmp_path / "run")] == [1, 2]   # stopped before logging step 3
 
 
-def _press_ctrl_c_during(monkeypatch, module, step_to_stop):
-    """Send a real SIGINT to this process in the middle of step `step_to_stop`."""
-    real_step = module.training_step
+def _press_ctrl_c_during(monkeypatch, module, update, step_to_stop):
+    """Send a real SIGINT to this process in the middle of step `step_to_stop` (0-based), from inside the
+    stage's update function `update` (which the stage's loop must call once per step for this to work)."""
+    real_update = getattr(module, update)
 
-    def step_with_ctrl_c(step, *args):
-        if step == step_to_stop:
+    def update_with_ctrl_c(*args, **kwargs):
+        update_with_ctrl_c.calls += 1
+        if update_with_ctrl_c.calls == step_to_stop + 1:
             os.kill(os.getpid(), signal.SIGINT)
-        return real_step(step, *args)
-    monkeypatch.setattr(module, "training_step", step_with_ctrl_c)
+        return real_update(*args, **kwargs)
+    update_with_ctrl_c.calls = 0
+    monkeypatch.setattr(module, update, update_with_ctrl_c)
 
 
 def test_resumed_pretraining_ends_with_the_same_weights(tmp_path, monkeypatch):
-    import minirlhf.pretrain as stage
+    import minirlhf.stages.pretrain as stage
     config = PretrainConfig(steps=12, n_layer=1, n_embd=16, n_head=2, n_documents=300, eval_every=4,
                             checkpoint_every=100, warmup_steps=2)
-    straight = pretrain(config, out=tmp_path / "straight", quiet=True)
+    straight = train_pretrain(config, out=tmp_path / "straight", quiet=True)
     with monkeypatch.context() as patch:
-        _press_ctrl_c_during(patch, stage, 7)
+        _press_ctrl_c_during(patch, stage, "pretrain_update", 7)
         with pytest.raises(KeyboardInterrupt, match="checkpoint saved at step 8"):
-            pretrain(config, out=tmp_path / "resumed", quiet=True)   # the step under way finishes
-    resumed = pretrain(config, out=tmp_path / "resumed", resume=True, quiet=True)
+            train_pretrain(config, out=tmp_path / "resumed", quiet=True)   # the step under way finishes
+    resumed = train_pretrain(config, out=tmp_path / "resumed", resume=True, quiet=True)
     a, b = load_state_dict_file(straight / "model.npz"), load_state_dict_file(resumed / "model.npz")
     assert all(np.array_equal(a[k], b[k]) for k in a)   # bitwise: same arithmetic in the same order
     assert [r["step"] for r in read_metrics(resumed)] == list(range(1, 13))
@@ -127,15 +132,15 @@ def test_resumed_pretraining_ends_with_the_same_weights(tmp_path, monkeypatch):
 
 
 def test_resumed_sft_ends_with_the_same_weights(tmp_path, monkeypatch):
-    import minirlhf.sft as stage
+    import minirlhf.stages.sft as stage
     init = quick_run("sentiment", "pretrain")
     config = SFTConfig(steps=6, batch_size=8, n_demonstrations=100, eval_every=3, eval_prompts=4)
-    straight = sft(config, init=init, out=tmp_path / "straight", quiet=True)
+    straight = train_sft(config, init=init, out=tmp_path / "straight", quiet=True)
     with monkeypatch.context() as patch:
-        _press_ctrl_c_during(patch, stage, 4)
+        _press_ctrl_c_during(patch, stage, "sft_update", 4)
         with pytest.raises(KeyboardInterrupt):
-            sft(config, init=init, out=tmp_path / "resumed", quiet=True)
-    resumed = sft(config, init=init, out=tmp_path / "resumed", resume=True, quiet=True)
+            train_sft(config, init=init, out=tmp_path / "resumed", quiet=True)
+    resumed = train_sft(config, init=init, out=tmp_path / "resumed", resume=True, quiet=True)
     a, b = load_state_dict_file(straight / "model.npz"), load_state_dict_file(resumed / "model.npz")
     assert all(np.array_equal(a[k], b[k]) for k in a)
     # "before" is the init model's gold reward in both runs, not that of the checkpoint resumed from

@@ -3,8 +3,8 @@ pipeline run (never typed), and a file tree that names every module."""
 import re
 from pathlib import Path
 
-from minirlhf.experiments.pipeline import readme_section, replace_section, section_in
-from minirlhf.runs import read_json
+from minirlhf.app.experiments.pipeline import readme_section, replace_section, section_in
+from minirlhf.stages.runs import read_json
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -38,11 +38,25 @@ def test_replace_section_keeps_everything_around_the_markers():
     assert section_in(replace_section(text, "new")) == "new"
 
 
+def tree_paths(tree):
+    """Every path the README's indented file tree names: a folder line (ending in /) holds the deeper lines."""
+    paths, folders = set(), []
+    for line in re.findall(r"```\n(.*?)\n```", tree, re.S)[0].splitlines():
+        indent, name = len(line) - len(line.lstrip()), line.split()[0]
+        folders = [(i, f) for i, f in folders if i < indent]
+        path = "".join(f for _, f in folders) + name
+        paths.add(path)
+        if name.endswith("/"):
+            folders.append((indent, name))
+    return paths
+
+
 def test_file_tree_names_every_module_and_notebooks_follow_the_reading_order():
     tree = README.split("## Files", 1)[1]
+    named = tree_paths(tree)
     for path in sorted((ROOT / "minirlhf").rglob("*.py")):
-        name = str(path.relative_to(ROOT / "minirlhf"))
-        assert re.search(rf"^\s+{re.escape(name)}\s", tree, re.M), f"{name} is missing from the README's file tree"
+        name = path.relative_to(ROOT).as_posix()
+        assert name in named, f"{name} is missing from the README's file tree"
     notebooks = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
     reading = README.split("## Reading order", 1)[1].split("\n## ", 1)[0]
     assert notebooks[0].startswith("00_") and notebooks[0] in reading

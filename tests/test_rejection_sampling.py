@@ -6,16 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from minirlhf.best_of_n import exact_kl, kl_bound
-from minirlhf.cli import main
-from minirlhf.data import load_sft
-from minirlhf.rejection_sampling import RejectionSamplingConfig, estimated_kl, rejection_sampling
-from minirlhf.rollout import score_texts
-from minirlhf.runs import is_complete, load_run, read_json, read_summary
+from minirlhf.app.cli import main
+from minirlhf.lm.data import load_sft
+from minirlhf.stages.best_of_n import exact_kl, kl_bound
+from minirlhf.stages.experience import score_texts
+from minirlhf.stages.runs import is_complete, load_run, read_json, read_summary
+from minirlhf.variants.rejection_sampling import RejectionSamplingConfig, estimated_kl, train_rejection_sampling
 
 import claims
 from claims import assert_holds
-
 from test_ppo import tiny_runs
 
 
@@ -37,7 +36,7 @@ def test_estimated_kl_approaches_the_exact_kl_of_a_discrete_policy(n_responses):
 def test_fine_tunes_on_the_reward_models_best_candidate_of_each_prompt(tmp_path):
     init, reward = tiny_runs(tmp_path)
     config = RejectionSamplingConfig(n=4, prompts=6, steps=3, batch_size=3, warmup_steps=0, eval_prompts=4)
-    run_dir = rejection_sampling(config, init=init, reward=reward, out=tmp_path / "rs", quiet=True)
+    run_dir = train_rejection_sampling(config, init=init, reward=reward, out=tmp_path / "rs", quiet=True)
     candidates = read_json_lines(run_dir / "candidates.jsonl")
     assert len(candidates) == 6 and all(len(row["responses"]) == 4 for row in candidates)
     rm, tokenizer, _ = load_run(reward)

@@ -7,21 +7,21 @@ import math
 import numpy as np
 import pytest
 
-from minirlhf.autograd import Tensor
-from minirlhf.cli import main
-from minirlhf.data import collate, encode_pair, expand_comparisons, load_pairwise, load_preferences
-from minirlhf.experiments.rm_scaling import quick_size
-from minirlhf.gradcheck import gradcheck
-from minirlhf.model import GPTConfig, ScalarHeadModel, last_token_values
-from minirlhf.nn import load_state_dict_file
-from minirlhf.optim import AdamW
-from minirlhf.pipeline import quick_run
-from minirlhf.reward import RewardConfig, bradley_terry_loss, comparison_loss, fold_into_head, reward
-from minirlhf.reward_metrics import calibration, judge_agreement, preference_metrics
-from minirlhf.rollout import score_all
-from minirlhf.runs import load_run, read_metrics, read_summary
-from minirlhf.tasks import get_task
-from minirlhf.tokenizer import WordTokenizer
+from minirlhf.app.cli import main
+from minirlhf.app.pipeline import quick_run
+from minirlhf.app.quick import quick_size
+from minirlhf.engine.autograd import Tensor
+from minirlhf.engine.gradcheck import gradcheck
+from minirlhf.engine.nn import load_state_dict_file
+from minirlhf.engine.optim import AdamW
+from minirlhf.lm.data import collate, encode_pair, expand_comparisons, load_preferences
+from minirlhf.lm.model import GPTConfig, ScalarHeadModel, last_token_values
+from minirlhf.lm.tokenizer import WordTokenizer
+from minirlhf.stages.experience import score_all
+from minirlhf.stages.reward import RewardConfig, bradley_terry_loss, comparison_loss, fold_into_head, train_reward_model
+from minirlhf.stages.runs import load_run, read_metrics, read_summary
+from minirlhf.world.reward_metrics import calibration, judge_agreement, preference_metrics
+from minirlhf.world.tasks import get_task
 
 import claims
 from claims import assert_holds
@@ -268,7 +268,7 @@ def test_the_saved_model_scores_sft_samples_mean_0_std_1():
 
 def test_comparisons_are_written_in_the_data_formats():
     rm_dir = quick_run("sentiment", "reward")
-    train, heldout = load_pairwise(rm_dir / "comparisons.jsonl"), load_pairwise(rm_dir / "heldout_comparisons.jsonl")
+    train, heldout = load_preferences(rm_dir / "comparisons.jsonl"), load_preferences(rm_dir / "heldout_comparisons.jsonl")
     summary = read_summary(rm_dir)
     assert (len(train), len(heldout)) == (summary["n_train"], summary["n_heldout"])
     assert all(set(row) == {"prompt", "chosen", "rejected", "margin", "annotator"} for row in train + heldout)
@@ -276,17 +276,18 @@ def test_comparisons_are_written_in_the_data_formats():
 
 
 def test_resumed_reward_training_ends_with_the_same_weights(tmp_path, monkeypatch):
-    import minirlhf.reward as stage
+    import minirlhf.stages.reward as stage
+
     from test_pretrain_sft import _press_ctrl_c_during
     init = quick_run("sentiment", "sft")
     config = RewardConfig(comparisons=12, k=4, heldout_comparisons=8, steps=6, batch_size=4, eval_every=3,
                           normalize_samples=8, checkpoint_every=100)   # K-wise rankings: the other path
-    straight = reward(config, init=init, out=tmp_path / "straight", quiet=True)
+    straight = train_reward_model(config, init=init, out=tmp_path / "straight", quiet=True)
     with monkeypatch.context() as patch:
-        _press_ctrl_c_during(patch, stage, 3)
+        _press_ctrl_c_during(patch, stage, "reward_update", 3)
         with pytest.raises(KeyboardInterrupt, match="checkpoint saved at step 4"):
-            reward(config, init=init, out=tmp_path / "resumed", quiet=True)
-    resumed = reward(config, init=init, out=tmp_path / "resumed", resume=True, quiet=True)
+            train_reward_model(config, init=init, out=tmp_path / "resumed", quiet=True)
+    resumed = train_reward_model(config, init=init, out=tmp_path / "resumed", resume=True, quiet=True)
     a, b = load_state_dict_file(straight / "model.npz"), load_state_dict_file(resumed / "model.npz")
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert read_metrics(resumed) == read_metrics(straight)
@@ -298,7 +299,7 @@ def test_cli_reward_trains_on_its_own_comparisons(tmp_path):
     assert main(["reward", "--init", str(quick_run("sentiment", "sft")), "--data", str(rm_dir / "comparisons.jsonl"),
                  "--heldout-data", str(rm_dir / "heldout_comparisons.jsonl"), "--steps", "2", "--margin", "1.0",
                  "--normalize-samples", "10", "--out", str(out), "--quiet"]) == 0
-    assert load_pairwise(out / "comparisons.jsonl") == load_pairwise(rm_dir / "comparisons.jsonl")
+    assert load_preferences(out / "comparisons.jsonl") == load_preferences(rm_dir / "comparisons.jsonl")
     for name in ("model.npz", "summary.json", "curves.png", "calibration.png", "metrics.jsonl"):
         assert (out / name).is_file(), name
 

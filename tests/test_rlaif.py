@@ -5,17 +5,17 @@ trained on its labels agrees with gold above chance."""
 import numpy as np
 import pytest
 
-from minirlhf.cli import main
-from minirlhf.data import load_pairwise
-from minirlhf.experiments.rlaif import QUICK_SEED_COMPARISONS, quick_rlaif, quick_rlaif_ppo
-from minirlhf.rlaif import RLAIFConfig, ai_label, ai_preferences
-from minirlhf.rollout import score_texts
-from minirlhf.runs import load_run, read_json, read_summary
-from minirlhf.tasks import get_task
+from minirlhf.app.cli import main
+from minirlhf.app.experiments.rlaif import QUICK_SEED_COMPARISONS
+from minirlhf.app.quick import quick_rlaif, quick_rlaif_ppo
+from minirlhf.lm.data import load_preferences
+from minirlhf.stages.experience import score_texts
+from minirlhf.stages.runs import load_run, read_json, read_summary
+from minirlhf.variants.rlaif import RLAIFConfig, ai_label, ai_preferences
+from minirlhf.world.tasks import get_task
 
 import claims
 from claims import assert_holds
-
 from test_ppo import tiny_runs
 
 TASK = get_task("sentiment")
@@ -55,8 +55,8 @@ def test_cli_labels_with_a_scorer_and_rejects_a_language_model(tmp_path, capsys)
     out = tmp_path / "rlaif"
     assert main(["rlaif", "--init", str(init), "--labeler", str(labeler), "--comparisons", "6",
                  "--heldout-comparisons", "5", "--label", "argmax", "--out", str(out)]) == 0
-    rows = load_pairwise(out / "ai_comparisons.jsonl")
-    assert len(rows) == 6 and len(load_pairwise(out / "heldout_comparisons.jsonl")) == 5
+    rows = load_preferences(out / "ai_comparisons.jsonl")
+    assert len(rows) == 6 and len(load_preferences(out / "heldout_comparisons.jsonl")) == 5
     assert read_summary(out)["n"] == 6
     assert main(["rlaif", "--init", str(init), "--labeler", str(init), "--out", str(tmp_path / "x")]) == 2
     assert "must be a scoring-model run" in capsys.readouterr().err
@@ -70,11 +70,11 @@ def quick():
 
 
 def test_quick_ai_labels_the_pairs_people_labelled_and_is_measured_on_held_out_pairs(quick):
-    human, ai = load_pairwise(quick["human"] / "comparisons.jsonl"), load_pairwise(quick["labels"] / "ai_comparisons.jsonl")
+    human, ai = load_preferences(quick["human"] / "comparisons.jsonl"), load_preferences(quick["labels"] / "ai_comparisons.jsonl")
     as_pairs = lambda rows: [(r["prompt"], frozenset((r["chosen"], r["rejected"]))) for r in rows]  # noqa: E731
     assert as_pairs(ai) == as_pairs(human)                     # the same pairs, in the same order
-    assert load_pairwise(quick["labels"] / "heldout_comparisons.jsonl") == \
-        load_pairwise(quick["human"] / "heldout_comparisons.jsonl")
+    assert load_preferences(quick["labels"] / "heldout_comparisons.jsonl") == \
+        load_preferences(quick["human"] / "heldout_comparisons.jsonl")
     # the labeler learnt from 200 human labels: better than chance against the gold judge (≈ 190 held-out pairs
     # gold does not tie: a standard error of 0.036 around ½), worse than the people it learnt from
     assert_holds(claims.rlaif_labels())
@@ -83,7 +83,7 @@ def test_quick_ai_labels_the_pairs_people_labelled_and_is_measured_on_held_out_p
 
 def test_quick_reward_model_on_ai_labels_agrees_with_gold(quick):
     ai = read_summary(quick["ai"])
-    assert ai["n_train"] == len(load_pairwise(quick["labels"] / "ai_comparisons.jsonl"))
+    assert ai["n_train"] == len(load_preferences(quick["labels"] / "ai_comparisons.jsonl"))
     assert_holds(claims.rlaif_reward_model())
 
 

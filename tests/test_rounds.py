@@ -3,13 +3,14 @@ to the data its reward model retrains on, scores the stale reward model before i
 quick settings three rounds keep moving the policy away from SFT without losing gold reward."""
 import pytest
 
-from minirlhf.cli import main
-from minirlhf.data import load_preferences
-from minirlhf.experiments.rounds import QUICK_ROUNDS, quick_rounds
-from minirlhf.pipeline import quick_run
-from minirlhf.rounds import RoundsConfig
-from minirlhf.runs import is_complete, read_summary
-from minirlhf.tasks import get_task
+from minirlhf.app.cli import main
+from minirlhf.app.experiments.rounds import QUICK_ROUNDS
+from minirlhf.app.pipeline import quick_run
+from minirlhf.app.quick import quick_rounds
+from minirlhf.lm.data import load_preferences
+from minirlhf.stages.runs import is_complete, read_summary
+from minirlhf.variants.rounds import RoundsConfig
+from minirlhf.world.tasks import get_task
 
 import claims
 from claims import assert_holds

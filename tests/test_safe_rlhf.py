@@ -7,17 +7,18 @@ import math
 import numpy as np
 import pytest
 
-from minirlhf.autograd import Tensor
-from minirlhf.cli import main
-from minirlhf.data import load_pairwise
-from minirlhf.experiments.safe_rlhf import quick_mixed, quick_runs
-from minirlhf.gradcheck import gradcheck
-from minirlhf.model import GPT, GPTConfig, ScalarHeadModel
-from minirlhf.nn import load_state_dict_file
-from minirlhf.rollout import evaluate_safety
-from minirlhf.runs import read_metrics, read_summary, save_run
-from minirlhf.safe_rlhf import SafeRLHFConfig, cost_model_loss, lagrangian_advantages, safe_rlhf, update_log_lambda
-from minirlhf.tasks import get_task
+from minirlhf.app.cli import main
+from minirlhf.app.quick import quick_mixed, quick_safe_rlhf
+from minirlhf.engine.autograd import Tensor
+from minirlhf.engine.gradcheck import gradcheck
+from minirlhf.engine.nn import load_state_dict_file
+from minirlhf.lm.data import load_preferences
+from minirlhf.lm.model import GPT, GPTConfig, ScalarHeadModel
+from minirlhf.stages.experience import evaluate_safety
+from minirlhf.stages.runs import read_metrics, read_summary, save_run
+from minirlhf.variants.safe_rlhf import (SafeRLHFConfig, cost_model_loss, lagrangian_advantages, train_safe_rlhf,
+                                         update_log_lambda)
+from minirlhf.world.tasks import get_task
 
 import claims
 from claims import assert_holds
@@ -84,7 +85,7 @@ TINY = dict(steps=10, batch_size=16, minibatch_size=8, ppo_epochs=2, lr=3e-3, kl
 
 def tiny_safe_rlhf(tmp_path, name, **overrides):
     runs = tiny_assistant_runs(tmp_path / name)
-    out = safe_rlhf(SafeRLHFConfig(**{**TINY, **overrides}), init=runs["sft"], reward=runs["rm"], cost=runs["cm"],
+    out = train_safe_rlhf(SafeRLHFConfig(**{**TINY, **overrides}), init=runs["sft"], reward=runs["rm"], cost=runs["cm"],
                     out=tmp_path / name / "run", quiet=True)
     return read_metrics(out)
 
@@ -101,11 +102,11 @@ def test_in_a_run_lambda_falls_under_budget_and_rises_over_it(tmp_path):
 def test_resumed_run_ends_with_the_same_weights_and_multiplier(tmp_path):
     runs = tiny_assistant_runs(tmp_path)
     config = dict(TINY, threshold=0.0, checkpoint_every=2)
-    straight = safe_rlhf(SafeRLHFConfig(**{**config, "steps": 4}), init=runs["sft"], reward=runs["rm"],
+    straight = train_safe_rlhf(SafeRLHFConfig(**{**config, "steps": 4}), init=runs["sft"], reward=runs["rm"],
                          cost=runs["cm"], out=tmp_path / "straight", quiet=True)
-    safe_rlhf(SafeRLHFConfig(**{**config, "steps": 2}), init=runs["sft"], reward=runs["rm"], cost=runs["cm"],
+    train_safe_rlhf(SafeRLHFConfig(**{**config, "steps": 2}), init=runs["sft"], reward=runs["rm"], cost=runs["cm"],
               out=tmp_path / "resumed", quiet=True)
-    resumed = safe_rlhf(SafeRLHFConfig(**{**config, "steps": 4}), init=runs["sft"], reward=runs["rm"],
+    resumed = train_safe_rlhf(SafeRLHFConfig(**{**config, "steps": 4}), init=runs["sft"], reward=runs["rm"],
                         cost=runs["cm"], out=tmp_path / "resumed", resume=True, quiet=True)
     for name in ("model.npz", "reward_critic.npz", "cost_critic.npz"):
         a, b = load_state_dict_file(straight / name), load_state_dict_file(resumed / name)
@@ -146,12 +147,12 @@ def test_evaluate_safety_splits_harmful_and_harmless_prompts():
 
 @pytest.fixture(scope="module")
 def quick():
-    return quick_runs()
+    return quick_safe_rlhf()
 
 
 def test_quick_cost_model_puts_harmful_responses_above_zero(quick):
     # trained on the pairs the helpfulness annotators labelled, each labelled again for harmlessness
-    as_pairs = lambda path: [(r["prompt"], frozenset((r["chosen"], r["rejected"]))) for r in load_pairwise(path)]  # noqa: E731
+    as_pairs = lambda path: [(r["prompt"], frozenset((r["chosen"], r["rejected"]))) for r in load_preferences(path)]  # noqa: E731
     assert as_pairs(quick["cost"] / "comparisons.jsonl") == as_pairs(quick["reward"] / "comparisons.jsonl")
     assert_holds(claims.safe_rlhf_cost_model())
 

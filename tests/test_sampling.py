@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from minirlhf import functional as F
-from minirlhf.autograd import Tensor
-from minirlhf.data import collate, encode_pair
-from minirlhf.gradcheck import gradcheck
-from minirlhf.model import GPT, GPTConfig
-from minirlhf.nn import Module
-from minirlhf.sampling import ModelPolicy, generate, sample_logits, sequence_logprobs
-from minirlhf.tokenizer import WordTokenizer
+from minirlhf.engine.autograd import Tensor
+from minirlhf.engine.gradcheck import gradcheck
+from minirlhf.engine.nn import Module
+from minirlhf.lm.data import collate, encode_pair
+from minirlhf.lm.logprobs import sequence_logprobs
+from minirlhf.lm.model import GPT, GPTConfig
+from minirlhf.lm.sampling import ModelPolicy, generate, sample_logits
+from minirlhf.lm.tokenizer import WordTokenizer
 
 CONFIG = GPTConfig(vocab_size=13, block_size=24, n_layer=2, n_head=2, n_embd=16)
 PROMPTS = [[1, 5, 7, 2, 9], [1, 3], [1, 12, 11, 4]]

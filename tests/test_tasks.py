@@ -4,11 +4,11 @@ and ROUGE disagreeing with the gold judge."""
 import numpy as np
 import pytest
 
-from minirlhf.annotators import Annotator, annotator_preferences, gold_preferences
-from minirlhf.data import encode_pair
-from minirlhf.metrics import agreement, rouge_l
-from minirlhf.tasks import TASK_NAMES, get_task
-from minirlhf.tasks.summarize import TLDR
+from minirlhf.lm.data import encode_pair
+from minirlhf.world.annotators import Annotator, annotator_preferences, gold_preferences
+from minirlhf.world.metrics import agreement, rouge_l
+from minirlhf.world.tasks import TASK_NAMES, get_task
+from minirlhf.world.tasks.summarize import TLDR
 
 REVIEW = "the acting in this drama was"
 POST = "my flatmate broke my laptop . we met in college . then they refused to pay . should i move out ? tl;dr :"

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from minirlhf.tokenizer import CharTokenizer, WordTokenizer, load_tokenizer
+from minirlhf.lm.tokenizer import CharTokenizer, WordTokenizer, load_tokenizer
 
 
 def test_special_tokens_take_ids_0_to_3():

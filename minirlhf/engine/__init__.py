@@ -1,0 +1,1 @@
+"""The engine: a reverse-mode autograd on NumPy, fused stable kernels, layers, optimizers, gradcheck."""

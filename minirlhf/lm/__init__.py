@@ -1,0 +1,1 @@
+"""The language model: tokenizers, GPT-2, the batch layout, log-probabilities, generation."""

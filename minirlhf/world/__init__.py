@@ -1,0 +1,1 @@
+"""The toy world: tasks with a hidden gold judge, simulated annotators, metrics."""
