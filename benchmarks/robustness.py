@@ -132,11 +132,12 @@ def main():
         entry["runs"].append({k: row[k] for k in ("kernel", "seed", "value")})
     # rows of the re-measured tests are replaced whole (a quantity no longer asserted disappears); others kept
     remeasured = {row["test"] for row in fresh.values()}
-    rows = {k: v for k, v in stored["rows"].items() if v["test"] not in remeasured} | fresh
     sys.path.insert(0, str(ROOT / "tests"))
     import claims
     order = {test_id: i for i, test_id in enumerate(claims.CLAIMS)}
-    rows = dict(sorted(rows.items(), key=lambda item: order.get(item[1]["test"], len(order))))
+    # rows of tests that no longer exist go too
+    rows = {k: v for k, v in stored["rows"].items() if v["test"] not in remeasured and v["test"] in order} | fresh
+    rows = dict(sorted(rows.items(), key=lambda item: order[item[1]["test"]]))
     seconds = time.time() - started if not args.only else stored.get("seconds", 0)
     store.write_text(json.dumps({"rows": rows, "seconds": seconds}, indent=1) + "\n")
     (RESULTS / "robustness.md").write_text(render(rows, seconds))

@@ -207,7 +207,8 @@ def test_cli_dpo_trains_on_a_file_and_rejects_bad_values(tmp_path, capsys):
     assert "DPOConfig.loss_type" in capsys.readouterr().err
 
 
-def test_dpo_beats_sft_under_the_gold_judge():
-    # win rate of DPO samples over SFT samples on 200 held-out prompts (95% CI ≈ ±0.07); trained on the reward
-    # model's comparisons, DPO ranks held-out pairs above chance
-    assert_holds(claims.dpo_beats_sft())
+def test_quick_dpo_learns_the_held_out_preferences():
+    # trained on the reward model's comparisons, DPO ranks held-out pairs above chance and moves away from SFT.
+    # Its win rate against SFT under the gold judge is not robust at quick settings (47%–62% over 5 seeds and 2
+    # BLAS kernels, docs/results/robustness.md); at default settings it wins 77% (docs/results/pipeline).
+    assert_holds(claims.dpo_learns_the_preferences())

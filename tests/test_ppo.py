@@ -269,9 +269,11 @@ def test_cli_runs_ppo_and_rejects_swapped_directories(tmp_path, capsys):
 # Win rates are over 200 held-out prompts: a 95% CI of about ±7 points. The measurements and thresholds are in
 # tests/claims.py, shared with benchmarks/robustness.py, which shows them holding on 5 seeds and 2 BLAS kernels.
 
-def test_quick_ppo_beats_sft_under_the_gold_judge():
-    # it wins, the RM score rises, it moved, and the KL term kept it near the SFT model
-    assert_holds(claims.ppo_beats_sft())
+def test_quick_ppo_raises_the_reward_model_score_at_a_bounded_kl():
+    # the RM score rises, the policy moved, and the KL term kept it near the SFT model. Its win rate against SFT
+    # under the gold judge is not robust at quick settings (51%–72% over 5 seeds and 2 BLAS kernels,
+    # docs/results/robustness.md); at default settings PPO wins 81% (docs/results/ppo.md).
+    assert_holds(claims.ppo_raises_the_reward())
 
 
 def test_quick_without_kl_the_proxy_rises_further_while_gold_or_diversity_falls():
@@ -287,8 +289,8 @@ def test_quick_adaptive_controller_holds_kl_within_half_of_target():
     assert_holds(claims.ppo_adaptive_kl())
 
 
-def test_quick_ppo_beats_an_sft_model_with_about_4x_the_parameters():
-    # InstructGPT's headline in miniature: > ½ of the 200 held-out prompts under the gold judge against an SFT
-    # model with n_embd 128 made by the same quick recipe (at default settings 86%, docs/results/ppo.md), and a
-    # higher gold reward than the bigger model's
+def test_quick_comparison_with_an_sft_model_of_about_4x_the_parameters():
+    # InstructGPT's headline in miniature, set up: an SFT model with n_embd 128 made by the same quick recipe has
+    # 3–5× the parameters. Whether PPO beats it under the gold judge is not robust at quick settings (45%–74% over
+    # 5 seeds and 2 BLAS kernels); at default settings it wins 80.6% (docs/results/ppo.md).
     assert_holds(claims.ppo_vs_4x_sft())

@@ -16,7 +16,7 @@ def test_quick_start_is_two_commands_one_for_the_pipeline_one_for_the_tests():
     assert len(commands) == 2 and all("\n" not in c for c in commands), commands
     pipeline, tests = commands
     assert pipeline.startswith("python3 -m venv .venv && ") and pipeline.endswith("minirlhf pipeline")
-    assert tests.startswith("python3 -m venv .venv && ") and tests.endswith("-m pytest -q")
+    assert tests.startswith("python3 -m venv .venv && ") and tests.endswith("-m pytest -q -n 2")
     # CI runs the command between the test-command markers: it must be this one
     marked = README.split("<!-- test-command -->", 1)[1].split("<!-- /test-command -->", 1)[0]
     assert tests in marked

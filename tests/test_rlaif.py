@@ -81,15 +81,17 @@ def test_quick_ai_labels_the_pairs_people_labelled_and_is_measured_on_held_out_p
     assert read_summary(quick["human-small"])["n_train"] == QUICK_SEED_COMPARISONS
 
 
-def test_quick_reward_model_on_ai_labels_agrees_with_gold(quick):
+def test_quick_reward_model_is_trained_on_the_ai_labels(quick):
+    # An RM on AI labels is no better than its labeler, and at quick settings its accuracy against gold is not
+    # robust (on one seed it is at chance: docs/results/robustness.md): this checks what it was trained on; the
+    # rlaif experiment measures how well it does at default settings (docs/results/rlaif.md)
     ai = read_summary(quick["ai"])
     assert ai["n_train"] == len(load_preferences(quick["labels"] / "ai_comparisons.jsonl"))
-    assert_holds(claims.rlaif_reward_model())
 
 
-def test_quick_ppo_on_the_ai_labelled_reward_model_beats_sft_under_the_gold_judge(quick):
+def test_quick_ppo_on_the_ai_labelled_reward_model_raises_its_score(quick):
     run_dir = quick_rlaif_ppo()
     assert read_json(run_dir / "config.json")["stage_config"]["reward"] == str(quick["ai"])   # on AI labels only
-    # the gold judge never saw training: > ½ of the 200 held-out prompts (at default settings 74.6%,
-    # docs/results/rlaif.md)
-    assert_holds(claims.rlaif_ppo_beats_sft())
+    # the policy optimises the AI-labelled RM. Whether it beats SFT under the gold judge is not robust at quick
+    # settings (47%–72% over 5 seeds and 2 BLAS kernels); at default settings it wins 74.6% (docs/results/rlaif.md)
+    assert_holds(claims.rlaif_ppo_raises_the_reward())
