@@ -1,12 +1,16 @@
 """The main job: stages in order, finished stages skipped on a re-run, every stage's config reachable
 from the command line, and a report that covers every policy."""
 import json
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 
 from minirlhf.app import pipeline
 from minirlhf.app.cli import main
-from minirlhf.app.pipeline import make_config, quick_run, run
+from minirlhf.app.pipeline import file_lock, make_config, quick_run, run
 from minirlhf.stages.runs import read_json
 
 import claims
@@ -69,3 +73,24 @@ def test_the_report_covers_every_policy_and_stage():
         assert f"| {stage} |" in report                                  # per-stage times
     for image in ("frontier.png", "policies.png", "ppo/curves.png"):
         assert (out / image).is_file() and f"]({image})" in report
+
+
+def test_file_lock_makes_a_second_process_wait(tmp_path):
+    # two pytest-xdist workers may ask for the same cached quick run at once: the second waits for the first
+    lock, log = tmp_path / ".lock", tmp_path / "log.txt"
+    holder = textwrap.dedent(f"""
+        import time
+        from minirlhf.app.pipeline import file_lock
+        with file_lock({str(lock)!r}):
+            open({str(log)!r}, "a").write("first in\\n")
+            time.sleep(1.5)
+            open({str(log)!r}, "a").write("first out\\n")
+    """)
+    first = subprocess.Popen([sys.executable, "-c", holder])
+    deadline = time.time() + 30
+    while not log.exists() and time.time() < deadline:   # the other process holds the lock
+        time.sleep(0.05)
+    with file_lock(lock):
+        log.open("a").write("second in\n")
+    first.wait(timeout=30)
+    assert log.read_text().splitlines() == ["first in", "first out", "second in"]
