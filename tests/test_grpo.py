@@ -2,16 +2,30 @@
 zero sum, GRPO's shift invariance, equal rewards → 0; the clipped loss (finite differences for
 every loss_type and KL estimator, ratio 1 → loss 0 yet a gradient, DAPO's value at that step,
 zero gradient where clipped on both sides, masked tokens inert, Dr. GRPO's constant normaliser,
-GRPO's per-response weighting); the KL estimators' closed forms and their stability at |Δ| = 1e4."""
+GRPO's per-response weighting); the KL estimators' closed forms and their stability at |Δ| = 1e4.
+The stage: config messages; on a real first step the grpo loss is 0 yet the gradient is not and the weights
+move; the KL in the reward; the command line; an exact resume; at quick settings GRPO beats SFT under the gold
+judge."""
 import numpy as np
 import pytest
 
+import minirlhf.variants.grpo as stage
+from minirlhf.app.cli import main
 from minirlhf.engine.autograd import Tensor
 from minirlhf.engine.gradcheck import gradcheck
+from minirlhf.engine.nn import load_state_dict_file
+from minirlhf.engine.optim import AdamW
 from minirlhf.lm.logprobs import sequence_logprobs
 from minirlhf.lm.model import GPT, GPTConfig
-from minirlhf.variants.grpo import (ESTIMATORS, KL_ESTIMATORS, LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss,
-                                    kl_in_reward, kl_penalty)
+from minirlhf.stages.experience import collect_rollouts, load_rl_runs
+from minirlhf.stages.runs import read_json, read_metrics, read_summary
+from minirlhf.variants.grpo import (ESTIMATORS, KL_ESTIMATORS, LOSS_TYPES, SCALE_REWARDS, GRPOConfig, group_advantages,
+                                    grpo_loss, grpo_update, kl_in_reward, kl_penalty, train_grpo)
+
+import claims
+from claims import assert_holds
+from test_ppo import tiny_runs
+from test_pretrain_sft import _press_ctrl_c_during
 
 # ----------------------------------------------------------------------------- group_advantages
 
@@ -340,3 +354,118 @@ def test_kl_in_reward_subtracts_beta_times_the_summed_estimate():
     # the default is k1 (TRL's RLOO)
     np.testing.assert_array_equal(kl_in_reward(rewards, old, ref, mask, 0.2),
                                   kl_in_reward(rewards, old, ref, mask, 0.2, "k1"))
+
+
+# ----------------------------------------------------------------------------- the stage
+
+@pytest.mark.parametrize("field, value, message", [
+    ("group_size", 1, r"GRPOConfig.group_size = 1 is out of range; allowed: \[2, 64\]"),
+    ("minibatch_size", 20, "minibatch_size = 20 must divide batch_size = 64 and be a multiple of group_size = 8"),
+    ("group_size", 3, "minibatch_size = 32 must divide .* a multiple of group_size = 3"),
+    ("estimator", "ppo", "GRPOConfig.estimator = 'ppo'; allowed: 'reinforce', 'rloo', 'grpo'"),
+    ("scale_rewards", "std", "GRPOConfig.scale_rewards"), ("loss_type", "sum", "GRPOConfig.loss_type"),
+    ("kl_estimator", "k4", "GRPOConfig.kl_estimator = 'k4'; allowed: 'auto', 'k1', 'k2', 'k3'"),
+    ("kl_placement", "both", "GRPOConfig.kl_placement = 'both'; allowed: 'loss', 'reward'"),
+    ("reward_source", "verifier", "GRPOConfig.reward_source = 'verifier'; allowed: 'reward_model'"),
+    ("kl_coef", -0.1, r"GRPOConfig.kl_coef = -0.1 is out of range; allowed: \[0.0, inf\)"),
+    ("clip_eps", 1.0, r"GRPOConfig.clip_eps = 1.0 is out of range; allowed: \(0.0, 1.0\)"),
+    ("clip_eps_high", -0.2, "GRPOConfig.clip_eps_high"), ("ppo_epochs", 0, "GRPOConfig.ppo_epochs")])
+def test_config_names_the_field_and_its_range(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        GRPOConfig(**{field: value})
+
+
+TINY = dict(steps=3, batch_size=16, group_size=4, minibatch_size=8, ppo_epochs=2, lr=3e-3, max_new_tokens=6,
+            missing_eos_penalty=0.0, eval_prompts=8, checkpoint_every=100)
+
+
+def test_a_real_first_step_has_loss_zero_yet_a_gradient_and_learns(tmp_path, monkeypatch):
+    # loss_type="grpo", whole groups in each minibatch: on the first minibatch of every update the ratio is 1
+    # (to float32 rounding of a forward pass over fewer rows) and each group's advantages sum to 0, so the loss
+    # is (1/B) Σ_i (−A_i) = 0 — while its gradient, −A_i / (B |o_i|) per token, is not
+    init, reward = tiny_runs(tmp_path)
+    losses, norms = [], []
+    real_loss, real_clip = stage.grpo_loss, stage.clip_grad_norm
+
+    def loss_spy(logprobs, old_logprobs, advantages, mask, *args):
+        loss, stats = real_loss(logprobs, old_logprobs, advantages, mask, *args)
+        gap = np.abs(logprobs.data - old_logprobs)[mask].max()
+        losses.append((gap, float(loss.data), advantages.reshape(-1, 4).sum(axis=1), stats))
+        return loss, stats
+
+    def clip_spy(params, max_norm):
+        norms.append(real_clip(params, max_norm))
+        return norms[-1]
+    monkeypatch.setattr(stage, "grpo_loss", loss_spy)
+    monkeypatch.setattr(stage, "clip_grad_norm", clip_spy)
+    config = GRPOConfig(**{**TINY, "loss_type": "grpo"})
+    run_dir = train_grpo(config, init=init, reward=reward, out=tmp_path / "grpo", quiet=True)
+    # 3 rollouts × 2 epochs × 2 minibatches of 2 whole groups
+    assert len(losses) == len(norms) == 12
+    for (gap, loss, group_sums, stats), norm in zip(losses[::4], norms[::4]):
+        assert gap < 1e-5 and abs(loss) < 1e-6 and norm > 0.05, (gap, loss, norm)
+        np.testing.assert_allclose(group_sums, 0.0, atol=1e-9)
+        assert stats["clipfrac_low"] == stats["clipfrac_high"] == 0.0
+    # and the weights moved: a zero loss is not a zero update
+    before, after = load_state_dict_file(init / "model.npz"), load_state_dict_file(run_dir / "model.npz")
+    assert max(np.abs(after[k] - before[k]).max() for k in before) > 1e-3
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert {"rm_score", "gold", "kl_k1", "entropy", "length", "zero_spread", "approx_kl", "clipfrac_high"} <= set(rows[0])
+    for name in ("model.npz", "curves.png", "diagnostics.png", "summary.json"):
+        assert (run_dir / name).is_file(), name
+
+
+def test_kl_in_the_reward_is_beta_times_summed_k1_before_the_advantages(tmp_path):
+    init, reward = tiny_runs(tmp_path)
+    policy, ref_model, tokenizer, task, scorers = load_rl_runs(init, reward=reward)
+    policy.transformer.wte.weight.data += 0.3 * np.random.default_rng(1).normal(size=policy.transformer.wte.weight.shape)
+    exp = collect_rollouts(policy, [p for p in task.prompts("train")[:4] for _ in range(4)], tokenizer,
+                           rng=np.random.default_rng(0), max_new_tokens=6, ref_model=ref_model,
+                           reward_model=scorers["reward"])
+    optimizer = AdamW(policy.parameters(), lr=1e-3, weight_decay=0.0)
+    in_reward = grpo_update(exp, policy, optimizer, GRPOConfig(**TINY, kl_coef=0.5, kl_placement="reward"),
+                            np.random.default_rng(0))
+    summed_k1 = np.where(exp.response_mask, exp.logprobs - exp.ref_logprobs, 0.0).sum(axis=1)
+    assert np.abs(summed_k1).max() > 0.1
+    assert in_reward["reward"] == pytest.approx(float((exp.scores - 0.5 * summed_k1).mean()), rel=1e-6)
+    in_loss = grpo_update(exp, policy, optimizer, GRPOConfig(**TINY, kl_coef=0.5), np.random.default_rng(0))
+    assert in_loss["reward"] == pytest.approx(float(exp.scores.mean()), rel=1e-12) and in_loss["kl"] > 0
+
+
+def test_cli_runs_grpo_and_writes_the_summary(tmp_path):
+    init, reward = tiny_runs(tmp_path)
+    flags = ["--steps", "2", "--batch-size", "8", "--group-size", "4", "--minibatch-size", "4", "--ppo-epochs", "1",
+             "--max-new-tokens", "4", "--eval-prompts", "4", "--estimator", "rloo", "--loss-type", "dr_grpo",
+             "--kl-coef", "0.1", "--kl-placement", "reward", "--clip-eps-high", "0.28", "--quiet"]
+    assert main(["grpo", "--init", str(init), "--reward", str(reward), "--out", str(tmp_path / "o"), *flags]) == 0
+    summary = read_summary(tmp_path / "o")
+    assert {"win_rate", "gold_reward", "sft_gold_reward", "kl_k1", "rm_score", "seconds_per_step"} <= set(summary)
+    assert read_json(tmp_path / "o" / "config.json")["stage_config"]["estimator"] == "rloo"
+
+
+def test_resumed_grpo_ends_with_the_same_weights(tmp_path, monkeypatch):
+    init, reward = tiny_runs(tmp_path)
+    config = GRPOConfig(**{**TINY, "steps": 4, "kl_coef": 0.1})
+    straight = train_grpo(config, init=init, reward=reward, out=tmp_path / "straight", quiet=True)
+    with monkeypatch.context() as patch:
+        _press_ctrl_c_during(patch, stage, "grpo_update", 2)        # Ctrl-C in the middle of step 2's update
+        with pytest.raises(KeyboardInterrupt, match="checkpoint saved at step 3"):
+            train_grpo(config, init=init, reward=reward, out=tmp_path / "resumed", quiet=True)
+    resumed = train_grpo(config, init=init, reward=reward, out=tmp_path / "resumed", resume=True, quiet=True)
+    a, b = load_state_dict_file(straight / "model.npz"), load_state_dict_file(resumed / "model.npz")
+    assert all(np.array_equal(a[k], b[k]) for k in a)               # policy, optimizer and RNG all restored
+    drop_time = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    assert drop_time(read_metrics(resumed)) == drop_time(read_metrics(straight))
+
+
+# ----------------------------------------------------------------------------- the headline claim, quick settings
+# GRPO from the cached quick SFT and reward models (`quick.quick_grpo`); the measurement and thresholds are in
+# tests/claims.py, shared with benchmarks/robustness.py, which shows them holding on 5 seeds and 2 BLAS kernels.
+
+def test_quick_grpo_beats_sft_under_the_gold_judge():
+    # 50 quick steps of 8 prompts × 8 responses: it wins more than half of the 200 held-out prompts under the gold
+    # judge, the RM score of the rollouts rises by more than 0.3 (SFT samples have std 1), and it moved but stayed
+    # near the SFT model. The issue's 55% holds in every run of the sweep, but by one point at worst
+    # (docs/results/robustness.md): too thin a margin to assert against a CI of ±7 points
+    assert_holds(claims.grpo_beats_sft())

@@ -2,7 +2,7 @@
 
 `quick_run(task, stage)` (`app/pipeline.py`) caches the quick pipeline's own stages; the runs
 here are the others the tests and notebooks read: PPO variants, an SFT model 4× larger, a small
-reward model, rejection sampling, rounds, RLAIF, Safe RLHF and its mixed-RM baseline, P3O. Each
+reward model, rejection sampling, rounds, RLAIF, Safe RLHF and its mixed-RM baseline, P3O, GRPO. Each
 is `quick_extra(task, name, train)`: trained on first use beside the quick pipeline of its task
 and seed (so a code change retrains it too), with the experiments' own recipe at their --quick
 settings. Every one takes `seed`, which `tests/claims.py` sweeps (`benchmarks/robustness.py`).
@@ -17,8 +17,13 @@ from minirlhf.app.experiments.safe_rlhf import train_mixed, train_safe
 from minirlhf.app.pipeline import QUICK, make_config, quick_extra, quick_run, run
 from minirlhf.stages.ppo import PPOConfig, train_ppo
 from minirlhf.stages.runs import read_summary, write_summary
+from minirlhf.variants.grpo import GRPOConfig, train_grpo
 from minirlhf.variants.rejection_sampling import RejectionSamplingConfig, train_rejection_sampling
 from minirlhf.variants.rounds import RoundsConfig, run_rounds
+
+# GRPO at quick settings: 50 steps of 8 prompts × 8 responses (about the quick PPO run's wall time: no value
+# model, no ptx), the KL in the reward (k1 summed, β = 0.2 as the quick PPO run's); GRPOConfig's defaults otherwise
+QUICK_GRPO = {"steps": 50, "lr": 3e-4, "kl_coef": 0.2, "kl_placement": "reward", "checkpoint_every": 50}
 
 
 def quick_variant(name, seed=0, **overrides):
@@ -105,3 +110,11 @@ def quick_p3o(seed=0):
     return quick_extra("sentiment", "pairwise-ppo", lambda d: train_method(
         "p3o-joint", {**QUICK["ppo"], "seed": seed}, quick_run("sentiment", "sft", seed), quick_run("sentiment", "reward", seed), d),
         seed)
+
+
+def quick_grpo(seed=0):
+    """GRPO at QUICK_GRPO from the cached quick SFT and reward models of `seed`, cached beside the quick pipeline
+    for the tests; returns its run directory."""
+    return quick_extra("sentiment", "grpo", lambda d: train_grpo(
+        GRPOConfig(**QUICK_GRPO, seed=seed), init=quick_run("sentiment", "sft", seed),
+        reward=quick_run("sentiment", "reward", seed), out=d, quiet=True), seed)

@@ -31,21 +31,89 @@ gradient beyond the clamp; k3 is clamped at 0 from below, which only removes rou
 (e^(−d) − 1 + d rounds to a few ulps below 0 when |d| is tiny). Responses to one prompt sit in
 consecutive rows. `metrics.kl_estimates` is the same three formulas for logging: summed per
 sequence, float64, no graph.
+
+The stage (`minirlhf grpo`, `train_grpo`): each step samples G responses to each of B/G prompts,
+scores them (`REWARD_SOURCES`: the reward model now), and `grpo_update` takes ppo_epochs ×
+minibatches of whole groups of clipped steps. No value model: the policy, π_ref and the reward
+model are the three models held in memory (PPO holds four). As in TRL, a group whose rewards are
+all equal stays in the batch: its advantages are 0, its tokens still count in the normalisers
+(DAPO's dynamic sampling would resample it); `zero_spread` logs the share of such groups.
 """
+import dataclasses
+import time
+
 import numpy as np
 
 from minirlhf.engine.autograd import Tensor, maximum, minimum, where
+from minirlhf.engine.optim import AdamW, check_finite, clip_grad_norm
+from minirlhf.lm.logprobs import sequence_logprobs
+from minirlhf.stages.config import check_choice, check_positive, check_range, option
+from minirlhf.stages.experience import collect_rollouts, evaluate_against_sft, load_rl_runs, minibatches, rollout_stats
+from minirlhf.stages.runs import Run, read_metrics
+from minirlhf.world.metrics import kl_estimates
 
 ESTIMATORS = ("reinforce", "rloo", "grpo")
 SCALE_REWARDS = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+KL_PLACEMENTS = ("loss", "reward")
+DEFAULT_KL_ESTIMATOR = {"loss": "k3", "reward": "k1"}    # kl_estimator="auto": GRPO's, and TRL RLOO's
 LOG_RATIO_LIMIT = 20.0   # |log-ratio| clamp before exp (verl's): e^20 ≈ 4.9e8, far from float32 overflow
 
 
 def _check_choice(function, name, value, allowed):
     if value not in allowed:
         raise ValueError(f"{function}: {name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+# The reward r_i of each sampled response, by `GRPOConfig.reward_source`: a function of the scored Experience and
+# the task. A task's verifier is one more line (the verifiable-rewards issue), e.g.
+#     "verifier": lambda exp, task: np.array([task.verify(p, y) for p, y in zip(exp.prompts, exp.responses)]),
+REWARD_SOURCES = {"reward_model": lambda exp, task: exp.scores}   # the RM's score, less the missing-<eos> penalty
+
+
+@dataclasses.dataclass
+class GRPOConfig:
+    estimator: str = option("grpo", "the baseline: reinforce (none), rloo (leave-one-out) or grpo (group mean)")
+    group_size: int = option(8, "G, responses sampled per prompt (≥ 2; divides batch_size)")
+    scale_rewards: str = option("group", "grpo's std: group, batch or none (Dr. GRPO)")
+    loss_type: str = option("dapo", "loss aggregation: grpo (per-response mean), bnpo / dapo (per token) or dr_grpo")
+    kl_coef: float = option(0.0, "β of the KL to π_ref (≥ 0; 0 = none, as TRL's default)")
+    kl_estimator: str = option("auto", "per-token KL estimator k1, k2 or k3; auto = k3 in the loss, k1 in the reward")
+    kl_placement: str = option("loss", "where β·KL goes: loss (GRPO) or reward (r_i − β Σ_t k_t, TRL's RLOO)")
+    reward_source: str = option("reward_model", "what scores a response: reward_model (the --reward run)")
+    clip_eps: float = option(0.2, "ε_low of the clipped ratio, in (0, 1)")
+    clip_eps_high: float = option(0.0, "ε_high (DAPO's clip-higher, e.g. 0.28); 0 = clip_eps (≥ 0)")
+    steps: int = option(60, "iterations: one rollout batch and its update each (≥ 1)")
+    batch_size: int = option(64, "responses per rollout: batch_size / group_size prompts (≥ 2)")
+    minibatch_size: int = option(32, "responses per gradient step, whole groups (a multiple of group_size; "
+                                     "divides batch_size)")
+    ppo_epochs: int = option(4, "passes over each rollout batch (≥ 1; TRL's num_iterations)")
+    lr: float = option(3e-4, "policy learning rate (Adam, no weight decay) (> 0)")
+    temperature: float = option(1.0, "sampling temperature, used in every log-prob too (> 0)")
+    max_new_tokens: int = option(0, "response length limit, dr_grpo's normaliser too; 0 = the task's suggestion")
+    missing_eos_penalty: float = option(1.0, "subtracted from the score of a response without <eos> (≥ 0)")
+    grad_clip: float = option(1.0, "max global gradient norm (> 0)")
+    eval_prompts: int = option(200, "held-out prompts for the final win rate, gold and KL (≥ 1)")
+    checkpoint_every: int = option(20, "steps between checkpoints (≥ 1)")
+    seed: int = option(0, "seeds prompts, samples and minibatches")
+
+    def __post_init__(self):
+        check_positive(self, "steps", "batch_size", "minibatch_size", "ppo_epochs", "lr", "temperature", "grad_clip",
+                       "eval_prompts", "checkpoint_every")
+        check_range(self, "group_size", 2, self.batch_size)
+        if self.batch_size % self.minibatch_size or self.minibatch_size % self.group_size:
+            raise ValueError(f"GRPOConfig: minibatch_size = {self.minibatch_size} must divide batch_size = "
+                             f"{self.batch_size} and be a multiple of group_size = {self.group_size} (whole groups)")
+        for name, choices in (("estimator", ESTIMATORS), ("scale_rewards", SCALE_REWARDS), ("loss_type", LOSS_TYPES),
+                              ("kl_estimator", ("auto", *KL_ESTIMATORS)), ("kl_placement", KL_PLACEMENTS),
+                              ("reward_source", tuple(REWARD_SOURCES))):
+            check_choice(self, name, choices)
+        check_range(self, "kl_coef", 0.0, None)
+        check_range(self, "clip_eps", 0.0, 1.0, low_open=True, high_open=True)
+        check_range(self, "clip_eps_high", 0.0, None)
+        check_range(self, "max_new_tokens", 0, None)
+        check_range(self, "missing_eos_penalty", 0.0, None)
 
 
 # ----------------------------------------------------------------------------- advantages: the baseline
@@ -167,3 +235,78 @@ def grpo_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2, clip_eps_h
                   "clipfrac_low": float(np.mean((rho < 1.0 - clip_eps) & (a < 0))),
                   "clipfrac_high": float(np.mean((rho > 1.0 + clip_eps_high) & (a > 0))),
                   "approx_kl": float(kl_penalty(old[mask], lp.data[mask], "k3").mean()), **stats}
+
+
+# ----------------------------------------------------------------------------- the update
+
+def grpo_update(exp, policy, optimizer, config, rng):
+    """One update on a batch of experience whose rows iG … iG + G − 1 answer prompt i; -> stats.
+
+    rewards (− β Σ_t k_t with the KL in the reward) → group advantages → ppo_epochs × minibatches of
+    whole groups: the clipped loss (+ β·KL with the KL in the loss) and its step. No value model.
+    `config.max_new_tokens` must be the sampler's limit (dr_grpo divides by it).
+    """
+    G, mask = config.group_size, exp.response_mask                                          # (B, T)
+    kl_estimator = DEFAULT_KL_ESTIMATOR[config.kl_placement] if config.kl_estimator == "auto" else config.kl_estimator
+    rewards = exp.scores                                                                    # (B,)
+    if config.kl_placement == "reward" and config.kl_coef > 0:
+        rewards = kl_in_reward(rewards, exp.logprobs, exp.ref_logprobs, mask, config.kl_coef, kl_estimator)
+    advantages = group_advantages(rewards, G, config.estimator, config.scale_rewards)       # (B,)
+    kl_coef_in_loss = config.kl_coef if config.kl_placement == "loss" else 0.0
+    updates = []
+    for groups in minibatches(len(rewards) // G, config.minibatch_size // G, config.ppo_epochs, rng):
+        rows = (groups[:, None] * G + np.arange(G)).reshape(-1)                              # (b,) whole groups
+        mb = exp.select(rows)
+        logprobs, _ = sequence_logprobs(policy, *mb.batch(), config.temperature)            # (b, T)
+        loss, stats = grpo_loss(logprobs, mb.logprobs, advantages[rows], mb.response_mask, config.clip_eps,
+                                config.clip_eps_high or None, config.loss_type, mb.ref_logprobs, kl_coef_in_loss,
+                                kl_estimator, config.max_new_tokens)
+        optimizer.zero_grad()
+        loss.backward()
+        check_finite(loss, policy)
+        stats["grad_norm"] = clip_grad_norm(optimizer.params, config.grad_clip)
+        optimizer.step()
+        updates.append(stats)
+    groups = rewards.reshape(-1, G)                                                         # (B/G, G)
+    return {"reward": float(rewards.mean()), "zero_spread": float(np.mean(groups.max(axis=1) == groups.min(axis=1))),
+            **{key: float(np.mean([u[key] for u in updates])) for key in updates[0]}}
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def train_grpo(config, *, init, reward, out=None, resume=False, quiet=False):
+    """Run GRPO (or RLOO, REINFORCE, Dr. GRPO) from an SFT run `init` and a reward-model run `reward`; returns
+    the run directory. The loop: rollout (G responses per prompt) → score → `grpo_update` → log.
+    """
+    rng = np.random.default_rng(config.seed)
+    policy, ref_model, tokenizer, task, scorers = load_rl_runs(init, reward=reward)
+    reward_model = scorers["reward"]
+    # the sampler's limit, which the update's dr_grpo normaliser needs too
+    config = dataclasses.replace(config, max_new_tokens=config.max_new_tokens or task.max_response_tokens)
+    train_prompts = task.prompts("train")
+    optimizer = AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
+    run = Run("grpo", out, resume=resume, quiet=quiet, steps=config.steps, rng=rng,
+              checkpoint_every=config.checkpoint_every, policy=policy, optimizer=optimizer)
+    with run:
+        while run.step < config.steps:
+            step_started = time.time()
+            # each prompt G times, in consecutive rows: group i is rows iG … iG + G − 1
+            prompts = [train_prompts[i] for i in rng.choice(len(train_prompts), config.batch_size // config.group_size,
+                                                            replace=False)]
+            exp = collect_rollouts(policy, [p for p in prompts for _ in range(config.group_size)], tokenizer, rng=rng,
+                                   max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                   ref_model=ref_model, reward_model=reward_model,
+                                   missing_eos_penalty=config.missing_eos_penalty)
+            exp.scores = REWARD_SOURCES[config.reward_source](exp, task)                     # (B,) r_i
+            stats = grpo_update(exp, policy, optimizer, config, rng)
+            kl = kl_estimates(exp.logprobs, exp.ref_logprobs, exp.response_mask)
+            run.log(**rollout_stats(exp, task), kl_k1=kl["k1"], kl_k3=kl["k3"], **stats,
+                    seconds=time.time() - step_started, show=["rm_score", "gold", "kl_k1"])
+
+    run.save(stage="grpo", task=task.name, model=policy, tokenizer=tokenizer, init=init,
+             stage_config={**dataclasses.asdict(config), "reward": str(reward)})
+    summary = evaluate_against_sft(policy, ref_model, reward_model, task, tokenizer, config, config.max_new_tokens)
+    summary.update(seconds=run.seconds, seconds_per_step=float(np.mean([r["seconds"] for r in read_metrics(run.dir)])))
+    return run.finish(summary, curves=["rm_score", "gold", "kl_k1", "length", "zero_spread"],
+                      title=f"{config.estimator} (loss_type {config.loss_type}, scale_rewards {config.scale_rewards})",
+                      diagnostics=["entropy", "loss", "clipfrac_low", "clipfrac_high", "approx_kl", "grad_norm"])
