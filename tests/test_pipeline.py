@@ -87,10 +87,10 @@ def test_file_lock_makes_a_second_process_wait(tmp_path):
             open({str(log)!r}, "a").write("first out\\n")
     """)
     first = subprocess.Popen([sys.executable, "-c", holder])
-    deadline = time.time() + 30
-    while not log.exists() and time.time() < deadline:   # the other process holds the lock
+    while not log.exists():                              # until the other process holds the lock
+        assert first.poll() is None, "the first process ended without taking the lock"
         time.sleep(0.05)
     with file_lock(lock):
         log.open("a").write("second in\n")
-    first.wait(timeout=30)
+    assert first.wait(timeout=600) == 0
     assert log.read_text().splitlines() == ["first in", "first out", "second in"]
